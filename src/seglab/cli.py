@@ -1,0 +1,172 @@
+"""The ``seglab`` command. Every sub-command's ``--help`` ends with an example.
+
+User mistakes (:class:`SeglabError`) are printed as one paragraph and exit with status 2;
+an interrupted training exits with 130 after writing a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from .errors import SeglabError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seglab",
+        description="Image segmentation centred on SegNet: train, evaluate, predict.",
+        epilog="Start here: seglab quickstart",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    t = add("train", "Train a model from a YAML recipe, with --section.key value overrides.",
+            "seglab train configs/segnet_basic_camvid.yaml --data.root ../shared/data/camvid --train.epochs 2")
+    t.add_argument("recipe", help="YAML recipe (configs/*.yaml)")
+    t.epilog += ("\n\nany config key can be overridden, e.g. --train.lr 0.01 --data.image_size [180,240] "
+                 "--model.kwargs.upsample bilinear --train.resume runs/x/last.pt")
+
+    e = add("evaluate", "Evaluate a checkpoint with the SegNet protocol (G, C, per-class and mean IoU, fwIoU, BF).",
+            "seglab evaluate runs/camvid/best.pt --data.root ../shared/data/camvid --split val")
+    e.add_argument("checkpoint")
+    e.add_argument("--split", default="val", help="split to score (default: val)")
+    e.add_argument("--out", help="JSON file for the results (default: eval_<split>.json beside the checkpoint)")
+    e.add_argument("--batch-size", type=int, default=2)
+    e.add_argument("--no-bf", action="store_true", help="skip boundary F1 (faster)")
+    e.add_argument("--device", default="auto")
+
+    pr = add("predict", "Predict images, folders or globs to label, colour and overlay PNGs.",
+             "seglab predict runs/camvid/best.pt street.png more_images/ 'shots/*.jpg' --out predictions/")
+    pr.add_argument("checkpoint")
+    pr.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask")
+    pr.add_argument("--device", default="auto")
+
+    m = add("models", "List registered models with parameter counts and GFLOPs.", "seglab models --size 360 480")
+    m.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
+    m.add_argument("--num-classes", type=int, default=11)
+    m.add_argument("--no-flops", action="store_true", help="skip the (slower) FLOP count")
+
+    d = add("data", "Inspect a data set.", "seglab data check ../shared/data/camvid")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
+    dc = dsub.add_parser("check", help="Report class histogram and problems; non-zero exit on errors.",
+                         description="Report class histogram, missing masks, size mismatches, bad label values.",
+                         epilog="example:\n  seglab data check ../shared/data/camvid --num-classes 11",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    dc.add_argument("path")
+    dc.add_argument("--num-classes", type=int)
+    dc.add_argument("--split", help="only this split")
+
+    q = add("quickstart", "Train SegNet-Basic on built-in synthetic road scenes, evaluate it and draw overlays.",
+            "seglab quickstart --out-dir runs")
+    q.add_argument("--out-dir", default="runs")
+    q.add_argument("--epochs", type=int, help="override the number of epochs")
+    return p
+
+
+def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from .config import load_config
+    from .engine.trainer import train
+
+    result = train(load_config(args.recipe, extra))
+    if result.interrupted:
+        return 130
+    print(f"seglab: done. Run folder: {result.run_dir}  (best: {result.best_checkpoint}, last: {result.last_checkpoint})")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
+    from .engine.evaluate import evaluate_checkpoint
+    from .metrics import format_metrics_table
+
+    results = evaluate_checkpoint(args.checkpoint, extra, args.split, args.batch_size, not args.no_bf, args.device)
+    print(format_metrics_table(results, results["class_names"]))
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{args.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"seglab: metrics written to {out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
+    from .inference import Segmenter
+    from .predict import predict_to_files
+
+    _no_extra(extra)
+    seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
+    files = predict_to_files(seg, args.inputs, args.out, args.alpha)
+    print(f"seglab: wrote {len(files)} files for {len(files) // 3} images to {args.out}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
+    from .models.complexity import count_gflops, count_parameters
+    from .registry import create_model, list_models
+
+    _no_extra(extra)
+    h, w = args.size
+    print(f"{'model':<28}{'params (M)':>12}{f'GFLOPs @{h}x{w}':>18}")
+    for name in list_models():
+        model = create_model(name, args.num_classes).eval()
+        params = count_parameters(model) / 1e6
+        flops = "-" if args.no_flops else f"{count_gflops(model, (h, w)):.1f}"
+        print(f"{name:<28}{params:>12.3f}{flops:>18}")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace, extra: list[str]) -> int:
+    from .data import check_dataset
+
+    _no_extra(extra)
+    if args.data_command != "check":
+        raise SeglabError("Use `seglab data check PATH`.")
+    report = check_dataset(args.path, num_classes=args.num_classes, split=args.split)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _cmd_quickstart(args: argparse.Namespace, extra: list[str]) -> int:
+    from .quickstart import run_quickstart
+
+    run_quickstart(args.out_dir, extra, epochs=args.epochs)
+    return 0
+
+
+def _no_extra(extra: list[str]) -> None:
+    if extra:
+        raise SeglabError(f"Unrecognised arguments: {' '.join(extra)}. See --help.")
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "models": _cmd_models,
+            "data": _cmd_data, "quickstart": _cmd_quickstart}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args, extra)
+    except SeglabError as e:
+        print("seglab error: " + textwrap.fill(str(e), width=100, subsequent_indent="  "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seglab: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

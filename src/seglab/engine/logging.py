@@ -1,0 +1,51 @@
+"""Per-epoch metrics logs in the run folder (JSONL or CSV), plus TensorBoard when installed."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MetricsLogger"]
+
+
+class MetricsLogger:
+    """Appends one record per epoch to ``metrics.jsonl`` or ``metrics.csv`` (flushed at once)."""
+
+    def __init__(self, run_dir: Path, fmt: str = "jsonl") -> None:
+        if fmt not in ("jsonl", "csv"):
+            from ..errors import SeglabError
+
+            raise SeglabError(f"train.log_format must be jsonl or csv, got {fmt!r}.")
+        self.fmt = fmt
+        self.path = Path(run_dir) / f"metrics.{fmt}"
+        self._tb = None
+        try:  # TensorBoard is optional: `pip install tensorboard` to get event files.
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        except ImportError:
+            pass
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.fmt == "jsonl":
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        else:
+            flat = {k: v for k, v in record.items() if not isinstance(v, (list, dict))}
+            new = not self.path.exists()
+            with self.path.open("a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(flat))
+                if new:
+                    writer.writeheader()
+                writer.writerow(flat)
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "epoch" and value == value:
+                    self._tb.add_scalar(key, value, record.get("epoch", 0))
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,110 @@
+"""Prediction from a checkpoint alone: ``Segmenter.from_checkpoint(path).predict(image)``.
+
+Example:
+    >>> seg = Segmenter.from_checkpoint("runs/quickstart/best.pt")
+    >>> labels = seg.predict("street.png")        # H x W int64 class ids at the image's size
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .data import read_image
+from .engine.checkpoint import load_checkpoint, model_from_checkpoint
+from .engine.evaluate import forward_at_size
+from .engine.runtime import autocast, resolve_amp, select_device
+from .errors import SeglabError
+
+__all__ = ["Segmenter"]
+
+ImageLike = np.ndarray | Image.Image | str | Path
+
+
+class Segmenter:
+    """A model plus everything needed to turn an RGB image into a label map."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        class_names: Sequence[str],
+        palette: Sequence[Sequence[int]],
+        mean: Sequence[float],
+        std: Sequence[float],
+        infer_size: Sequence[int] | None = None,
+        device: str | torch.device = "auto",
+        amp: str = "none",
+        ignore_index: int | None = None,
+    ) -> None:
+        self.device = device if isinstance(device, torch.device) else select_device(device)
+        self.model = model.to(self.device).eval()
+        self.num_classes = num_classes
+        self.class_names = list(class_names)
+        self.palette = [tuple(int(v) for v in c) for c in palette]
+        self.ignore_index = ignore_index
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.infer_size = list(infer_size) if infer_size else None
+        self.amp_dtype = resolve_amp(amp, self.device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "none") -> "Segmenter":
+        """Rebuild model, classes, palette and normalisation from a seglab checkpoint."""
+        ckpt = load_checkpoint(path)
+        model = model_from_checkpoint(ckpt, path)
+        return cls(model, ckpt["num_classes"], ckpt["class_names"], ckpt["palette"], ckpt["mean"], ckpt["std"],
+                   infer_size=ckpt.get("image_size"), device=device, amp=amp, ignore_index=ckpt.get("ignore_index"))
+
+    # ------------------------------------------------------------------ input
+    @staticmethod
+    def load(image: ImageLike) -> np.ndarray:
+        """Any supported image input as an ``H x W x 3`` uint8 array."""
+        if isinstance(image, (str, Path)):
+            return read_image(image)
+        if isinstance(image, Image.Image):
+            return np.asarray(image.convert("RGB"))
+        if isinstance(image, np.ndarray):
+            if image.ndim == 2:
+                image = np.repeat(image[..., None], 3, axis=2)
+            if image.ndim != 3 or image.shape[2] not in (3, 4):
+                raise SeglabError(f"Expected an H x W x 3 RGB array, got shape {image.shape}.")
+            if image.dtype != np.uint8:
+                raise SeglabError(f"Expected a uint8 RGB array (0-255), got dtype {image.dtype}; convert with .astype(np.uint8).")
+            return image[..., :3]
+        raise SeglabError(f"Cannot read an image from {type(image).__name__}: pass a path, a PIL image or a uint8 array.")
+
+    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        return ((x - self.mean) / self.std).unsqueeze(0)
+
+    # ------------------------------------------------------------------ prediction
+    @torch.inference_mode()
+    def predict_logits(self, image: ImageLike) -> torch.Tensor:
+        """Logits ``C x H x W`` (float32, CPU) at the image's own size."""
+        x = self._to_tensor(self.load(image)).to(self.device)
+        with autocast(self.device, self.amp_dtype):
+            logits = forward_at_size(self.model, x, self.infer_size)
+        return logits[0].float().cpu()
+
+    def predict_proba(self, image: ImageLike) -> np.ndarray:
+        """Class probabilities ``C x H x W`` (softmax; sigmoid for one-channel binary models)."""
+        logits = self.predict_logits(image)
+        probs = torch.sigmoid(logits) if logits.shape[0] == 1 else logits.softmax(0)
+        return probs.numpy()
+
+    def predict(self, image: ImageLike) -> np.ndarray:
+        """Class ids ``H x W`` (int64) for one RGB image (path, PIL image or uint8 array)."""
+        logits = self.predict_logits(image)
+        if logits.shape[0] == 1:
+            return (logits[0] > 0).long().numpy()
+        return logits.argmax(0).numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {"classes": self.class_names, "device": str(self.device), "infer_size": self.infer_size}

@@ -1,0 +1,31 @@
+"""Segmentation metrics with the SegNet evaluation protocol.
+
+* :class:`SegmentationMetrics` — streaming G, C, mIoU, fwIoU (one data-set confusion
+  matrix) and boundary F1 (mean over images).
+* :func:`boundary_f1` — BF of one image; :func:`format_metrics_table` — paper-style table.
+* :func:`logits_to_labels` — argmax for multi-class models, sigmoid threshold for
+  1-channel binary models.
+
+Example:
+    >>> metrics = SegmentationMetrics(num_classes=11, ignore_index=11)
+    >>> for images, masks in loader:
+    ...     metrics.update(logits_to_labels(model(images)["out"]), masks)
+    >>> print(format_metrics_table(metrics.compute(), class_names))
+"""
+
+from .boundary import BoundaryF1Accumulator, boundary_f1, boundary_f1_per_class, boundary_map
+from .confusion import SegmentationMetrics, confusion_matrix, logits_to_labels, metrics_from_confusion
+from .report import format_metrics_table, format_percent
+
+__all__ = [
+    "SegmentationMetrics",
+    "confusion_matrix",
+    "metrics_from_confusion",
+    "logits_to_labels",
+    "boundary_f1",
+    "boundary_f1_per_class",
+    "boundary_map",
+    "BoundaryF1Accumulator",
+    "format_metrics_table",
+    "format_percent",
+]

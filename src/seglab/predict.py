@@ -1,0 +1,61 @@
+"""``seglab predict``: images, folders or globs to index masks, colour masks and overlays with a legend."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SeglabError
+from .inference import Segmenter
+from .visualize import add_legend, colorize, overlay, save_png
+
+__all__ = ["expand_inputs", "predict_to_files"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (their images, sorted) and glob patterns, in the order given."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise SeglabError(f"Folder {item!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        elif any(ch in item for ch in "*?["):
+            found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise SeglabError(f"The pattern {item!r} matches no images.")
+            paths += found
+        else:
+            raise SeglabError(f"Input {item!r} does not exist: give an image file, a folder of images or a glob pattern.")
+    return paths
+
+
+def write_prediction(segmenter: Segmenter, image: np.ndarray, labels: np.ndarray, out_dir: Path, stem: str,
+                     alpha: float = 0.5) -> list[Path]:
+    """Write ``<stem>_labels.png`` (class ids), ``<stem>_color.png`` and ``<stem>_overlay.png``."""
+    dtype = np.uint8 if segmenter.num_classes <= 256 else np.uint16
+    present = [int(c) for c in np.unique(labels)]
+    files = [out_dir / f"{stem}_labels.png", out_dir / f"{stem}_color.png", out_dir / f"{stem}_overlay.png"]
+    save_png(labels.astype(dtype), files[0])
+    save_png(colorize(labels, segmenter.palette), files[1])
+    blended = overlay(image, labels, segmenter.palette, alpha)
+    save_png(add_legend(blended, present, segmenter.class_names, segmenter.palette), files[2])
+    return files
+
+
+def predict_to_files(segmenter: Segmenter, inputs: list[str], out_dir: str | Path, alpha: float = 0.5) -> list[Path]:
+    """Predict every input image and write its three PNGs into ``out_dir``; returns the files written."""
+    out = Path(out_dir)
+    written: list[Path] = []
+    for path in expand_inputs(inputs):
+        image = segmenter.load(path)
+        written += write_prediction(segmenter, image, segmenter.predict(image), out, path.stem, alpha)
+    return written

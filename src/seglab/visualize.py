@@ -1,0 +1,78 @@
+"""Pictures of predictions: colour masks, overlays with a class legend, and safe PNG writing."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["colorize", "overlay", "add_legend", "save_png", "default_palette"]
+
+
+def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """Distinct colours for ``num_classes`` classes (the PASCAL VOC bit-interleaving scheme)."""
+    palette = []
+    for i in range(num_classes):
+        r = g = b = 0
+        c = i + 1
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int | None = None) -> np.ndarray:
+    """``H x W`` class ids to an ``H x W x 3`` uint8 colour image; unknown and ignored ids are black."""
+    lut = np.zeros((max(int(mask.max(initial=0)) + 1, len(palette)), 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    if ignore_index is not None and ignore_index < len(lut):
+        lut[ignore_index] = 0
+    return lut[mask.astype(np.int64)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:
+    """Blend the colour mask over an ``H x W x 3`` uint8 image."""
+    colour = colorize(mask, palette).astype(np.float32)
+    return (image.astype(np.float32) * (1 - alpha) + colour * alpha).round().clip(0, 255).astype(np.uint8)
+
+
+def add_legend(image: np.ndarray, class_ids: Sequence[int], class_names: Sequence[str],
+               palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """Append a legend column listing ``class_ids`` (a swatch and a name each) to the right of ``image``."""
+    font = ImageFont.load_default()
+    row = 14
+    names = [class_names[i] if i < len(class_names) else f"class {i}" for i in class_ids]
+    width = 28 + max((int(font.getlength(n)) for n in names), default=40)
+    height = max(image.shape[0], row * len(names) + 8)
+    canvas = Image.new("RGB", (image.shape[1] + width, height), (255, 255, 255))
+    canvas.paste(Image.fromarray(image), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x0 = image.shape[1] + 6
+    for k, (cid, name) in enumerate(zip(class_ids, names)):
+        y = 4 + k * row
+        colour = tuple(int(v) for v in palette[cid]) if cid < len(palette) else (0, 0, 0)
+        draw.rectangle([x0, y, x0 + 10, y + 10], fill=colour, outline=(0, 0, 0))
+        draw.text((x0 + 16, y - 1), name, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def save_png(array: np.ndarray, path: str | Path) -> None:
+    """Write ``array`` as PNG atomically (uint8 or uint16 single-channel, or RGB)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

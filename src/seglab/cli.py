@@ -7,7 +7,6 @@ an interrupted training exits with 130 after writing a resumable checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 from pathlib import Path
@@ -88,13 +87,14 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from .engine.evaluate import evaluate_checkpoint
+    from .engine.logging import dumps
     from .metrics import format_metrics_table
 
     results = evaluate_checkpoint(args.checkpoint, extra, args.split, args.batch_size, not args.no_bf, args.device)
     print(format_metrics_table(results, results["class_names"]))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out.write_text(dumps(results, indent=2))
     print(f"seglab: metrics written to {out}")
     return 0
 

@@ -81,7 +81,7 @@ class Segmenter:
         raise SeglabError(f"Cannot read an image from {type(image).__name__}: pass a path, a PIL image or a uint8 array.")
 
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255)
         return ((x - self.mean) / self.std).unsqueeze(0)
 
     # ------------------------------------------------------------------ prediction

@@ -58,9 +58,11 @@ def _check_inputs(logits: torch.Tensor, target: torch.Tensor, ignore_index: int)
         )
     num_classes = logits.shape[1]
     if num_classes < 2:
-        raise SeglabError("Cross-entropy needs at least 2 output channels; 1-channel (sigmoid) models need a binary loss.")
+        raise SeglabError(
+            "Cross-entropy needs at least 2 output channels; 1-channel (sigmoid) models need a binary loss."
+        )
     valid = target != ignore_index
-    t = torch.where(valid, target, torch.zeros_like(target))
+    t = torch.where(valid, target, 0)
     lo, hi, count = torch.stack([t.min(), t.max(), valid.sum()]).tolist() if t.numel() else (0, 0, 0)
     if lo < 0 or hi >= num_classes:
         bad = torch.unique(target[valid & ((target < 0) | (target >= num_classes))])[:10].tolist()
@@ -153,7 +155,9 @@ def _check_weights(w: torch.Tensor, num_classes: int, source: str) -> torch.Tens
             f"give one weight per class, e.g. --loss.class_weights '[{', '.join(['1.0'] * min(num_classes, 3))}, ...]'."
         )
     if not torch.isfinite(w).all() or (w < 0).any() or not (w > 0).any():
-        raise SeglabError(f"loss.class_weights ({source}) must be finite, non-negative and not all zero, got {w.tolist()}.")
+        raise SeglabError(
+            f"loss.class_weights ({source}) must be finite, non-negative and not all zero, got {w.tolist()}."
+        )
     return w
 
 
@@ -184,7 +188,9 @@ def resolve_class_weights(spec: Any, num_classes: int,
                 f"Use one of {', '.join(WEIGHT_METHODS)} or a list of {num_classes} numbers."
             )
         w = computed(spec)
-        return None if w is None else _check_weights(torch.as_tensor(w, dtype=torch.float32).flatten(), num_classes, spec)
+        if w is None:
+            return None
+        return _check_weights(torch.as_tensor(w, dtype=torch.float32).flatten(), num_classes, spec)
     if isinstance(spec, (Sequence, np.ndarray, torch.Tensor)):
         try:
             w = torch.as_tensor(np.asarray(spec, dtype=np.float64), dtype=torch.float32).flatten()

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import SeglabError
 
 __all__ = [
+    "RGBMaskError",
     "read_image",
     "read_mask",
     "read_rgb_mask",
@@ -33,6 +34,10 @@ __all__ = [
 # Errors PIL raises for missing, truncated or non-image files.
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+class RGBMaskError(SeglabError):
+    """A colour-coded mask where an index mask (one class id per pixel) is expected."""
 
 
 def _unreadable(path: Path, kind: str, err: Exception) -> SeglabError:
@@ -93,10 +98,10 @@ def read_image(path: str | Path) -> np.ndarray:
         raise _unreadable(path, "Image", e) from e
 
 
-def _rgb_mask_error(path: Path, arr: np.ndarray) -> SeglabError:
+def _rgb_mask_error(path: Path, arr: np.ndarray) -> RGBMaskError:
     colours = np.unique(arr.reshape(-1, arr.shape[-1])[:, :3], axis=0)
     shown = ", ".join(str(tuple(int(v) for v in c)) for c in colours[:4])
-    return SeglabError(
+    return RGBMaskError(
         f"Mask {str(path)!r} is an RGB colour image ({len(colours)} colours, e.g. {shown}), but index masks "
         "(one class id per pixel, a single-channel PNG) are expected. If your masks are colour-coded, set "
         "--data.rgb_masks true and --data.palette [[r,g,b], ...] with one colour per class in class order; "
@@ -145,13 +150,16 @@ def _colour_codes(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
-def read_rgb_mask(path: str | Path, palette: Sequence[Sequence[int]], ignore_index: int) -> np.ndarray:
+def read_rgb_mask(
+    path: str | Path, palette: Sequence[Sequence[int]], num_classes: int, ignore_index: int
+) -> np.ndarray:
     """Decode a colour-coded mask, mapping ``palette[c]`` to class ``c``.
 
     Args:
         path: An RGB(A) PNG.
         palette: One ``[r, g, b]`` per class. One extra, final colour (``num_classes + 1``
             entries) is the void colour and maps to ``ignore_index``.
+        num_classes: Number of real classes.
         ignore_index: Id given to pixels of the void colour.
 
     Returns:
@@ -175,7 +183,8 @@ def read_rgb_mask(path: str | Path, palette: Sequence[Sequence[int]], ignore_ind
     codes = _colour_codes(rgb)
     pal_codes = _colour_codes(np.asarray(palette, dtype=np.int32).reshape(-1, 3))
     ids = np.arange(len(pal_codes), dtype=np.int32)
-    ids[ids == len(pal_codes) - 1] = ids[-1]  # keep dtype; void remap below
+    if len(pal_codes) > num_classes:  # the extra final colour is void
+        ids[num_classes:] = ignore_index
     order = np.argsort(pal_codes)
     sorted_codes = pal_codes[order]
     pos = np.clip(np.searchsorted(sorted_codes, codes), 0, len(sorted_codes) - 1)
@@ -188,7 +197,7 @@ def read_rgb_mask(path: str | Path, palette: Sequence[Sequence[int]], ignore_ind
             f"({int((~found).sum())} pixels). Add them to the palette (one colour per class, in class order; "
             "one extra final colour is treated as void/ignore), or fix the mask."
         )
-    return order[pos].astype(np.int32)
+    return ids[order[pos]]
 
 
 def resize_image(image: np.ndarray, size_hw: Sequence[int]) -> np.ndarray:

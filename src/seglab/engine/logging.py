@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLogger"]
+__all__ = ["MetricsLogger", "json_safe", "dumps"]
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN/inf floats replaced by None, so the JSON is strict (undefined metrics are null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
 
 
 class MetricsLogger:
@@ -31,7 +47,7 @@ class MetricsLogger:
     def log(self, record: dict[str, Any]) -> None:
         if self.fmt == "jsonl":
             with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(dumps(record) + "\n")
         else:
             flat = {k: v for k, v in record.items() if not isinstance(v, (list, dict))}
             new = not self.path.exists()

@@ -11,7 +11,6 @@ checkpoint untouched.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import signal
 import time
@@ -34,7 +33,7 @@ from ..registry import create_model
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .evaluate import evaluate_model
 from .loader import build_eval_loader, build_train_loader
-from .logging import MetricsLogger
+from .logging import MetricsLogger, dumps
 from .optim import build_optimizer, build_scheduler
 from .runtime import autocast, configure_threads, resolve_amp, rng_state, seed_everything, select_device, set_rng_state
 
@@ -275,8 +274,11 @@ class Trainer:
         summary["val_iou"] = results["iou"]
         summary["val_seconds"] = time.perf_counter() - start
         score = results.get(t.select_metric)
-        if score is None:
-            raise SeglabError(f"train.select_metric {t.select_metric!r} is not a metric; use miou, global_acc, class_acc or bf.")
+        if not isinstance(score, float):
+            raise SeglabError(f"train.select_metric {t.select_metric!r} is not a computed metric; use miou, global_acc, "
+                              "class_acc, fwiou, or bf (bf needs train.val_bf true).")
+        if score != score:  # NaN (e.g. no class present): never "best", but don't crash
+            score = -math.inf
         if score > self.best_score:
             self.best_score, self.best_metrics = score, {**results, "epoch": self.epoch}
             self.save("best.pt", full=False)
@@ -285,7 +287,7 @@ class Trainer:
     def _write_summary(self) -> None:
         if self.best_metrics is None:
             return
-        (self.run_dir / "metrics.json").write_text(json.dumps(
+        (self.run_dir / "metrics.json").write_text(dumps(
             {"split": self.cfg.data.val_split, "class_names": list(self.info.class_names), **self.best_metrics}, indent=2))
         print(format_metrics_table(self.best_metrics, list(self.info.class_names)))
 

@@ -20,11 +20,15 @@ the mean over images. Choices, and how they relate to the official MATLAB code
   boundary, in the prediction as well as in the ground truth. So the edge of a void
   region is never a boundary, and predicted contours inside void are not scored.
 * **Matching.** A boundary pixel is matched when its Euclidean distance to the nearest
-  boundary pixel of the same class in the other map is ``<= d`` (a distance
-  transform). BSDS ``correspondPixels`` instead solves a one-to-one bipartite
-  matching, so two predicted pixels cannot share one ground-truth pixel; the
-  distance-transform version is the usual fast approximation and can only score
-  higher, slightly, where one contour is denser than the other.
+  boundary pixel of the same class in the other map is ``<= d``: the thresholded
+  Euclidean distance transform. It is computed as a dilation by the disk of radius
+  ``d`` for all classes at once (one bit per class), which gives exactly the same
+  result as ``scipy.ndimage.distance_transform_edt(...) <= d`` per class at a tenth
+  of the cost (~10 ms for a 360x480, 11-class image). BSDS ``correspondPixels``
+  instead solves a one-to-one bipartite matching, so two predicted pixels cannot
+  share one ground-truth pixel; the distance-based rule is the usual fast
+  approximation and can only score (slightly) higher, where one contour is denser
+  than the other.
 * **Counted classes.** A class is scored when it appears (on labelled pixels) in the
   ground truth *or* the prediction, as the official code does; the paper's text says
   "present in the ground truth". Edge cases: a class in only one of the two maps, or
@@ -39,7 +43,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
 
 from ..errors import SeglabError
 
@@ -71,48 +74,80 @@ def boundary_map(labels: np.ndarray, valid: np.ndarray | None = None) -> np.ndar
     return out
 
 
-def _points_by_class(labels: np.ndarray, boundary: np.ndarray, num_classes: int) -> list[np.ndarray]:
-    """Group the boundary pixels' (row, col) coordinates by their class (one pass, no per-class scan)."""
-    ys, xs = np.nonzero(boundary)
-    cls = labels[ys, xs]
-    order = np.argsort(cls, kind="stable")
-    counts = np.bincount(cls, minlength=num_classes)[:num_classes]
-    pts = np.stack([ys[order], xs[order]], axis=1)
-    return np.split(pts, np.cumsum(counts)[:-1])
+def _disk_half_widths(max_dist: float) -> list[int]:
+    """``half[dy]`` = largest ``dx`` with ``dx^2 + dy^2 <= max_dist^2``, for ``dy = 0 .. floor(max_dist)``."""
+    eps = 1e-9  # tolerance * diagonal is a float product; do not lose an offset lying exactly on the circle
+    radius = int(math.floor(max_dist + eps))
+    return [int(math.floor(math.sqrt(max(max_dist**2 - dy * dy, 0.0)) + eps)) for dy in range(radius + 1)]
 
 
-def _count_matched(src: np.ndarray, dst: np.ndarray, max_dist: float) -> tuple[int, int]:
-    """Count ``src`` points within ``max_dist`` of some ``dst`` point, and vice versa.
+def _dilate_disk(bits: np.ndarray, max_dist: float) -> np.ndarray:
+    """Bitwise-OR dilation of ``bits`` by the Euclidean disk of radius ``max_dist``.
 
-    Distance transforms run on the bounding box of both point sets only: every
-    point of either set lies inside it, so distances within the box are exact.
+    A pixel of the result holds bit ``c`` exactly when some pixel within distance
+    ``max_dist`` holds it, i.e. when the Euclidean distance transform of class ``c``'s
+    map is ``<= max_dist`` there, for all classes at once. The disk is a stack of
+    horizontal runs, so the work is about ``3 * max_dist`` shifted ORs instead of one
+    distance transform per class.
     """
-    lo = np.minimum(src.min(axis=0), dst.min(axis=0))
-    hi = np.maximum(src.max(axis=0), dst.max(axis=0)) + 1
-    shape = tuple(int(v) for v in hi - lo)
-    src, dst = src - lo, dst - lo
+    half = _disk_half_widths(max_dist)
+    runs = [bits]  # runs[k]: OR over horizontal offsets -k..k
+    for k in range(1, half[0] + 1):
+        run = runs[-1].copy()
+        run[:, k:] |= bits[:, :-k]
+        run[:, :-k] |= bits[:, k:]
+        runs.append(run)
+    out = runs[half[0]].copy()
+    for dy in range(1, len(half)):
+        run = runs[half[dy]]
+        out[dy:] |= run[:-dy]
+        out[:-dy] |= run[dy:]
+    return out
 
-    def within(points: np.ndarray, features: np.ndarray) -> int:
-        grid = np.ones(shape, dtype=bool)
-        grid[features[:, 0], features[:, 1]] = False  # EDT measures distance to the zeros
-        dist = distance_transform_edt(grid)
-        return int(np.count_nonzero(dist[points[:, 0], points[:, 1]] <= max_dist))
 
-    return within(src, dst), within(dst, src)
+def _bit_dtype(n: int) -> type:
+    return np.uint8 if n <= 8 else np.uint16 if n <= 16 else np.uint32 if n <= 32 else np.uint64
 
 
-def _f1(pred_pts: np.ndarray, gt_pts: np.ndarray, max_dist: float) -> float:
-    """Boundary F1 of one class present in both maps."""
-    if len(pred_pts) == 0 and len(gt_pts) == 0:
-        return 1.0  # the class covers every labelled pixel in both maps
-    if len(pred_pts) == 0 or len(gt_pts) == 0:
-        return 0.0
-    matched_pred, matched_gt = _count_matched(pred_pts, gt_pts, max_dist)
-    precision = matched_pred / len(pred_pts)
-    recall = matched_gt / len(gt_pts)
-    if precision + recall == 0:
-        return 0.0
-    return 2 * precision * recall / (precision + recall)
+def _matched(points: np.ndarray, labels: np.ndarray, ref_points: np.ndarray, ref_labels: np.ndarray,
+             shape: tuple[int, int], num_classes: int, max_dist: float) -> np.ndarray:
+    """For each boundary pixel, whether a reference boundary pixel of the same class lies within ``max_dist``.
+
+    Points are flat pixel indices. Each boundary pixel belongs to exactly one class (its
+    own label), so the reference map stores one bit per class per pixel; classes are
+    packed 64 to a word.
+    """
+    out = np.zeros(len(points), dtype=bool)
+    for base in range(0, num_classes, 64):
+        n = min(64, num_classes - base)
+        dtype = _bit_dtype(n)
+        masks = np.ones(n, dtype=dtype) << np.arange(n, dtype=dtype)  # masks[k] = bit of class base + k
+        if num_classes <= 64:  # the usual case: one word holds every class, no selection needed
+            sel_ref, sel = slice(None), slice(None)
+        else:
+            sel_ref = (ref_labels >= base) & (ref_labels < base + 64)
+            sel = (labels >= base) & (labels < base + 64)
+        bits = np.zeros(shape[0] * shape[1], dtype=dtype)
+        bits[ref_points[sel_ref]] = masks[ref_labels[sel_ref] - base]
+        near = _dilate_disk(bits.reshape(shape), max_dist).ravel()[points[sel]]
+        out[sel] = (near & masks[labels[sel] - base]) != 0
+    return out
+
+
+def _boundary_points(labels: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and classes of all boundary pixels."""
+    points = np.flatnonzero(boundary_map(labels, valid))
+    return points, labels.ravel()[points]
+
+
+def _class_f1(n_pr: np.ndarray, hit_pr: np.ndarray, n_gt: np.ndarray, hit_gt: np.ndarray) -> np.ndarray:
+    """Per-class F1 from boundary-pixel counts and matched counts, with the documented edge cases."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = hit_pr / n_pr
+        recall = hit_gt / n_gt
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    f1 = np.where((n_pr == 0) | (n_gt == 0), 0.0, f1)  # boundary in only one map
+    return np.where((n_pr == 0) & (n_gt == 0), 1.0, f1)  # in neither: the class covers every labelled pixel
 
 
 def _check_pair(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -157,11 +192,16 @@ def boundary_f1_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int
     pr_present = np.bincount(pr[pr >= 0], minlength=num_classes) > 0
     max_dist = tolerance * math.hypot(*target.shape)
     # Boundary pixels always have valid labels (pairs touching void are masked), so -1 never appears here.
-    gt_pts = _points_by_class(gt, boundary_map(gt, valid), num_classes)
-    pr_pts = _points_by_class(pr, boundary_map(pr, valid), num_classes)
-    scores = np.full(num_classes, np.nan)
-    for c in np.flatnonzero(gt_present | pr_present):
-        scores[c] = _f1(pr_pts[c], gt_pts[c], max_dist) if gt_present[c] and pr_present[c] else 0.0
+    gt_pts, gt_lab = _boundary_points(gt, valid)
+    pr_pts, pr_lab = _boundary_points(pr, valid)
+    matched_pr = _matched(pr_pts, pr_lab, gt_pts, gt_lab, gt.shape, num_classes, max_dist)
+    matched_gt = _matched(gt_pts, gt_lab, pr_pts, pr_lab, gt.shape, num_classes, max_dist)
+    scores = _class_f1(
+        np.bincount(pr_lab, minlength=num_classes), np.bincount(pr_lab, matched_pr, num_classes),
+        np.bincount(gt_lab, minlength=num_classes), np.bincount(gt_lab, matched_gt, num_classes),
+    )
+    scores = np.where(gt_present & pr_present, scores, 0.0)  # a class in only one map scores 0
+    scores[~(gt_present | pr_present)] = np.nan  # not counted
     return scores
 
 

@@ -80,7 +80,7 @@ def _check_ranges(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor 
     if pred.numel() == 0:
         return
     # Ignored target pixels may hold any value; replace them by 0 before taking min/max.
-    t = target if valid is None else torch.where(valid, target, torch.zeros_like(target))
+    t = target if valid is None else torch.where(valid, target, 0)
     lo_p, hi_p, lo_t, hi_t = torch.stack([pred.min(), pred.max(), t.min(), t.max()]).tolist()
     if lo_p < 0 or hi_p >= num_classes:
         raise SeglabError(
@@ -120,7 +120,7 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     index = num_classes * target + pred
     if valid is not None:
         # Send ignored pixels to an extra bin that is dropped: avoids a boolean gather.
-        index = torch.where(valid, index, torch.full_like(index, num_classes * num_classes))
+        index = torch.where(valid, index, num_classes * num_classes)
     counts = torch.bincount(index.flatten(), minlength=num_classes * num_classes + 1)
     return counts[: num_classes * num_classes].reshape(num_classes, num_classes)
 

@@ -41,7 +41,9 @@ __all__ = [
 VGG16_STAGES: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 #: SegNet decoder conv outputs, deepest stage first (conv5_3_D ... conv1_2_D of the official
 #: prototxt); the classifier conv1_1_D (64 -> K) follows separately.
-SEGNET_DECODER_STAGES: tuple[tuple[int, ...], ...] = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64,))
+SEGNET_DECODER_STAGES: tuple[tuple[int, ...], ...] = (
+    (512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64,)
+)
 #: SegNet-Basic: four stages of one 64-channel 7x7 conv, in the encoder and in the decoder.
 SEGNET_BASIC_STAGES: tuple[tuple[int, ...], ...] = ((64,), (64,), (64,), (64,))
 

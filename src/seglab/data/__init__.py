@@ -1,0 +1,51 @@
+"""Data sets for seglab: CamVid, generic image/mask folders and built-in synthetic road scenes.
+
+The engine uses :func:`dataset_info` and :func:`build_dataset`; :func:`compute_class_weights`
+gives SegNet's median-frequency loss weights; :func:`check_dataset` diagnoses a folder
+before a long training run; :func:`read_image` decodes one image for inference.
+
+Example:
+    >>> from seglab.config import DataConfig
+    >>> cfg = DataConfig(dataset="synthetic", synthetic_train=8)
+    >>> ds = build_dataset(cfg, "train", train=True)
+    >>> image, mask = ds[0]
+    >>> tuple(image.shape), ds.info.num_classes
+    ((3, 96, 128), 7)
+"""
+
+from .base import DatasetInfo, SegmentationDataset
+from .build import DATASETS, build_dataset, dataset_info, default_palette
+from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID, CAMVID_VOID_COLOR
+from .check import check_dataset
+from .class_weights import WEIGHT_METHODS, compute_class_weights
+from .io import read_image, read_mask, read_rgb_mask
+from .report import DatasetReport, Issue
+from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticRoadScenes, render_scene
+from .transforms import SegmentationTransform, build_transforms
+
+__all__ = [
+    "DatasetInfo",
+    "SegmentationDataset",
+    "SyntheticRoadScenes",
+    "DATASETS",
+    "dataset_info",
+    "build_dataset",
+    "build_transforms",
+    "SegmentationTransform",
+    "compute_class_weights",
+    "WEIGHT_METHODS",
+    "check_dataset",
+    "DatasetReport",
+    "Issue",
+    "read_image",
+    "read_mask",
+    "read_rgb_mask",
+    "render_scene",
+    "default_palette",
+    "CAMVID_CLASSES",
+    "CAMVID_PALETTE",
+    "CAMVID_VOID",
+    "CAMVID_VOID_COLOR",
+    "SYNTHETIC_CLASSES",
+    "SYNTHETIC_PALETTE",
+]

@@ -1,0 +1,16 @@
+"""Segmentation models.
+
+Each model module is imported here explicitly, so every ``@register_model`` runs exactly once, in
+a fixed order, whatever the user imported first. Add new model modules to the import list below.
+
+Example:
+    >>> from seglab.registry import create_model
+    >>> model = create_model("segnet", num_classes=11, upsample="indices")
+"""
+
+from __future__ import annotations
+
+from . import segnet
+from .complexity import count_gflops, count_parameters
+
+__all__ = ["count_gflops", "count_parameters", "segnet"]

@@ -1,0 +1,26 @@
+"""Shared pytest fixtures: the real data folder (when present) and an isolated seglab cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``<repo>/../shared/data`` (real CamVid and ISBI 2012), or skip the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not found: the CamVid/ISBI tests run in CI, where the shared data is mounted.")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_seglab_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point ``SEGLAB_CACHE_DIR`` at a per-test folder so tests never read or write ``~/.cache/seglab``."""
+    cache = tmp_path_factory.mktemp("seglab-cache")
+    monkeypatch.setenv("SEGLAB_CACHE_DIR", str(cache))
+    return cache

@@ -1,0 +1,54 @@
+"""Typed config: YAML recipes, dotted overrides, helpful errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from seglab.config import apply_overrides, config_from_dict, config_to_dict, load_config
+from seglab.errors import SeglabError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_loads_and_round_trips(recipe):
+    cfg = load_config(recipe)
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_overrides_are_typed():
+    cfg = load_config(CONFIGS / "segnet_basic_camvid.yaml",
+                      ["--train.epochs", "2", "--train.lr=0.01", "--data.image_size", "[180, 240]",
+                       "--train.grad_clip", "null", "--model.kwargs.upsample", "bilinear", "--data.hflip", "false"])
+    assert cfg.train.epochs == 2 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.lr == 0.01
+    assert cfg.data.image_size == [180, 240]
+    assert cfg.train.grad_clip is None
+    assert cfg.model.kwargs == {"upsample": "bilinear"}
+    assert cfg.data.hflip is False
+
+
+def test_mistyped_key_suggests_the_close_one():
+    cfg = config_from_dict({})
+    with pytest.raises(SeglabError, match="Did you mean 'train.epochs'"):
+        apply_overrides(cfg, ["--train.epoch", "3"])
+    with pytest.raises(SeglabError, match="Did you mean 'data.root'"):
+        config_from_dict({"data": {"rot": "x"}})
+
+
+def test_wrong_value_type_names_the_key():
+    with pytest.raises(SeglabError, match="'train.epochs' expects an integer"):
+        apply_overrides(config_from_dict({}), ["--train.epochs", "two"])
+    with pytest.raises(SeglabError, match="has no value"):
+        apply_overrides(config_from_dict({}), ["--train.epochs"])
+
+
+def test_missing_recipe_is_explained(tmp_path):
+    with pytest.raises(SeglabError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2")
+    with pytest.raises(SeglabError, match="not valid YAML"):
+        load_config(bad)

@@ -1,0 +1,153 @@
+"""Training engine: exact resume, NaN stop, graceful signals, atomic checkpoints, schedules."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from seglab.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
+from seglab.engine import TrainingDiverged, load_checkpoint, save_checkpoint, train
+from seglab.engine.optim import lr_factor
+from seglab.errors import SeglabError
+from seglab.inference import Segmenter
+
+
+def tiny_config(tmp_path, **train_kw) -> Config:
+    train_args = dict(epochs=2, batch_size=4, optimizer="sgd", lr=0.05, schedule="poly", warmup_epochs=0.5,
+                      out_dir=str(tmp_path), run_name="run", progress=False, val_bf=False, seed=3, threads=1)
+    train_args.update(train_kw)
+    return Config(
+        model=ModelConfig(name="segnet_basic"),
+        data=DataConfig(dataset="synthetic", synthetic_train=16, synthetic_val=4, synthetic_size=[32, 48],
+                        num_workers=0, scale_range=[0.8, 1.2], crop_size=[32, 48], color_jitter=0.2),
+        loss=LossConfig(class_weights="median_frequency"),
+        train=TrainConfig(**train_args),
+    )
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_is_exact(tmp_path):
+    """N steps in one go == k steps, interrupt, resume, N-k steps (bit for bit on CPU)."""
+    full = train(tiny_config(tmp_path / "a"))
+    assert not full.interrupted and len(full.history) == 2
+
+    def stop_at_6(trainer):
+        if trainer.global_step == 6:  # in the middle of epoch 2 (4 steps per epoch)
+            trainer.stop_requested = "test"
+
+    part = train(tiny_config(tmp_path / "b"), callbacks={"on_step_end": stop_at_6})
+    assert part.interrupted
+    ckpt = load_checkpoint(part.last_checkpoint)
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (1, 2, 6)
+
+    resumed = train(tiny_config(tmp_path / "b", resume=str(part.last_checkpoint)))
+    a, b = _weights(full.last_checkpoint), _weights(resumed.last_checkpoint)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{k} differs after resume")
+    assert load_checkpoint(resumed.last_checkpoint)["global_step"] == 8
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    def poison(trainer):
+        if trainer.global_step == 5:
+            with torch.no_grad():
+                for p in trainer.model.parameters():
+                    p.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(tiny_config(tmp_path), callbacks={"on_step_end": poison})
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_writes_resumable_checkpoint(tmp_path, sig):
+    def send(trainer):
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), sig)
+
+    result = train(tiny_config(tmp_path), callbacks={"on_step_end": send})
+    assert result.interrupted
+    ckpt = load_checkpoint(result.last_checkpoint)
+    assert ckpt["global_step"] == 3 and "optimizer" in ckpt
+    assert signal.getsignal(sig) is not None  # handler restored
+    resumed = train(tiny_config(tmp_path, resume=str(result.last_checkpoint)))
+    assert not resumed.interrupted and load_checkpoint(resumed.last_checkpoint)["global_step"] == 8
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model_name": "x", "value": 1})
+    before = path.read_bytes()
+
+    def crash(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"model_name": "x", "value": 2})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_checkpoint_alone_rebuilds_model(tmp_path):
+    result = train(tiny_config(tmp_path, epochs=1))
+    ckpt = load_checkpoint(result.best_checkpoint)
+    for key in ("model_name", "model_kwargs", "num_classes", "class_names", "palette", "mean", "std", "config"):
+        assert key in ckpt, key
+    seg = Segmenter.from_checkpoint(result.best_checkpoint, device="cpu")
+    image = (torch.rand(30, 41, 3) * 255).byte().numpy()
+    labels = seg.predict(image)
+    assert labels.shape == (30, 41) and labels.max() < ckpt["num_classes"]
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1
+    assert (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_csv_log_format(tmp_path):
+    train(tiny_config(tmp_path, epochs=1, log_format="csv"))
+    lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("step,") and len(lines) == 2
+
+
+def test_unreadable_and_foreign_checkpoints(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SeglabError, match="could not be read"):
+        load_checkpoint(bad)
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "plain.pt")
+    with pytest.raises(SeglabError, match="not a seglab checkpoint"):
+        load_checkpoint(tmp_path / "plain.pt")
+    with pytest.raises(SeglabError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_into_other_model_names_both(tmp_path):
+    result = train(tiny_config(tmp_path, epochs=1))
+    cfg = tiny_config(tmp_path, resume=str(result.last_checkpoint))
+    cfg.model.name = "segnet"
+    with pytest.raises(SeglabError, match="'segnet_basic' model, but 'segnet'"):
+        train(cfg)
+
+
+def test_schedules():
+    cfg = TrainConfig(epochs=10, warmup_epochs=1, schedule="poly", poly_power=1.0)
+    assert lr_factor(0, 100, cfg, 10) == pytest.approx(0.1)  # warm-up starts small
+    assert lr_factor(9, 100, cfg, 10) == pytest.approx(1.0)
+    assert lr_factor(55, 100, cfg, 10) == pytest.approx(0.5)  # halfway through the decay
+    cfg.schedule = "cosine"
+    assert lr_factor(100, 100, cfg, 10) == pytest.approx(0.0, abs=1e-9)
+    cfg.schedule = "constant"
+    assert lr_factor(77, 100, cfg, 10) == 1.0
+    cfg.schedule = "cosin"
+    with pytest.raises(SeglabError, match="cosine"):
+        lr_factor(20, 100, cfg, 10)

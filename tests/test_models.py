@@ -1,0 +1,71 @@
+"""Contract tests run on every registered model, plus registry behaviour.
+
+The parametrised test below picks up new models automatically through ``list_models()``: a model
+passes if it returns finite ``N x K x H x W`` logits at the input size (also for sizes that are
+not multiples of 32), every trainable parameter receives a finite gradient, eval mode is
+deterministic, and it exposes ``encoder`` and ``decoder`` for fine-tuning.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seglab.errors import SeglabError
+from seglab.models.blocks import MaxUnpool2d, NearestUp2d
+from seglab.registry import create_model, list_models
+
+NUM_CLASSES = 5
+
+
+@pytest.mark.parametrize("size", [(33, 47), (64, 64)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("name", list_models())
+def test_model_contract(name: str, size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=NUM_CLASSES)
+    assert hasattr(model, "encoder") and hasattr(model, "decoder"), f"{name} must expose .encoder and .decoder"
+    x = torch.randn(2, 3, *size)
+    target = torch.randint(0, NUM_CLASSES, (2, *size))
+
+    model.train()
+    out = model(x)
+    assert isinstance(out, torch.Tensor), f"{name} must return a logits tensor, got {type(out).__name__}"
+    assert out.shape == (2, NUM_CLASSES, *size)
+    assert torch.isfinite(out).all()
+    F.cross_entropy(out, target).backward()
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{name}: no gradient for {pname}"
+            assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient for {pname}"
+
+    model.eval()
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    assert torch.equal(first, second), f"{name}: eval forward is not deterministic"
+
+
+def test_unknown_model_suggests_close_name() -> None:
+    with pytest.raises(SeglabError, match="Did you mean 'segnet'"):
+        create_model("segnett", num_classes=3)
+
+
+def test_create_model_drops_none_kwargs() -> None:
+    # segnet_basic has no pretrained_encoder option: a None must vanish rather than raise, and a
+    # None upsample must leave the model default (max-unpooling) in place.
+    model = create_model("segnet_basic", num_classes=3, pretrained_encoder=None, upsample=None)
+    assert all(isinstance(up, MaxUnpool2d) for up in model.decoder.upsamples)
+    model = create_model("segnet_basic", num_classes=3, upsample="nearest", input_lrn=None)
+    assert all(isinstance(up, NearestUp2d) for up in model.decoder.upsamples)
+
+
+def test_create_model_rejects_unknown_option() -> None:
+    with pytest.raises(SeglabError, match="does not accept that option"):
+        create_model("segnet", num_classes=3, dropout=0.5)
+    with pytest.raises(SeglabError, match="does not accept that option"):
+        create_model("segnet_basic", num_classes=3, pretrained_encoder="imagenet")
+
+
+def test_create_model_rejects_bad_num_classes() -> None:
+    with pytest.raises(SeglabError, match="num_classes"):
+        create_model("segnet_basic", num_classes=0)

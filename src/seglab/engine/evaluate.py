@@ -46,7 +46,7 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, compute_bf=compute_bf)
-    for images, masks in batches:
+    for images, masks, *_ in batches:
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

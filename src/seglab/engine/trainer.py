@@ -217,10 +217,10 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
                    disable=not t.progress, dynamic_ncols=True, mininterval=1.0, leave=False)
         loss_sum, seen, start = 0.0, 0, time.perf_counter()
-        for i, (images, masks) in enumerate(self.train_loader):
+        for i, (images, masks, *extra) in enumerate(self.train_loader):
             if i >= steps_left:
                 break
-            loss = self._train_step(images, masks)
+            loss = self._train_step(images, masks, *extra)
             loss_sum += loss
             seen += images.shape[0]
             rate = seen / (time.perf_counter() - start)
@@ -236,7 +236,8 @@ class Trainer:
         return {"step": self.global_step, "lr": self.scheduler.get_last_lr()[0], "train_loss": loss_sum / steps,
                 "train_images_per_s": seen / elapsed if elapsed > 0 else 0.0, "epoch_seconds": elapsed}
 
-    def _train_step(self, images: torch.Tensor, masks: torch.Tensor) -> float:
+    def _train_step(self, images: torch.Tensor, masks: torch.Tensor, *extra: torch.Tensor) -> float:
+        """One optimisation step; ``extra`` (e.g. U-Net weight maps) goes to the loss after the mask."""
         t = self.cfg.train
         images = images.to(self.device, non_blocking=True)
         if t.channels_last:
@@ -244,7 +245,8 @@ class Trainer:
         masks = masks.to(self.device, non_blocking=True)
         with autocast(self.device, self.amp_dtype):
             logits = self.model(images)
-        loss = self.criterion(logits.float(), masks)
+        extra = tuple(e.to(self.device, non_blocking=True) for e in extra)
+        loss = self.criterion(logits.float(), masks, *extra)
         value = loss.item()
         if not math.isfinite(value):
             last = self.run_dir / "last.pt"

@@ -10,22 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["colorize", "overlay", "add_legend", "save_png", "default_palette"]
-
-
-def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
-    """Distinct colours for ``num_classes`` classes (the PASCAL VOC bit-interleaving scheme)."""
-    palette = []
-    for i in range(num_classes):
-        r = g = b = 0
-        c = i + 1
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
+__all__ = ["colorize", "overlay", "add_legend", "save_png"]
 
 
 def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int | None = None) -> np.ndarray:

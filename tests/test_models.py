@@ -4,6 +4,10 @@ The parametrised test below picks up new models automatically through ``list_mod
 passes if it returns finite ``N x K x H x W`` logits at the input size (also for sizes that are
 not multiples of 32), every trainable parameter receives a finite gradient, eval mode is
 deterministic, and it exposes ``encoder`` and ``decoder`` for fine-tuning.
+
+Models with unpadded convolutions (``unet_valid``) accept only some input sizes and return smaller
+logits; they declare this with ``output_size((h, w))`` and ``nearest_valid_sizes(n)`` methods, and
+are fed the nearest valid size at or above the requested one and checked against ``output_size``.
 """
 
 from __future__ import annotations
@@ -19,19 +23,28 @@ from seglab.registry import create_model, list_models
 NUM_CLASSES = 5
 
 
+def _io_sizes(model: torch.nn.Module, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Input size to feed and logits size to expect: ``size`` twice, unless the model has ``output_size``."""
+    if not hasattr(model, "output_size"):
+        return size, size
+    in_size = (model.nearest_valid_sizes(size[0])[1], model.nearest_valid_sizes(size[1])[1])
+    return in_size, tuple(model.output_size(in_size))
+
+
 @pytest.mark.parametrize("size", [(33, 47), (64, 64)], ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("name", list_models())
 def test_model_contract(name: str, size: tuple[int, int]) -> None:
     torch.manual_seed(0)
     model = create_model(name, num_classes=NUM_CLASSES)
     assert hasattr(model, "encoder") and hasattr(model, "decoder"), f"{name} must expose .encoder and .decoder"
-    x = torch.randn(2, 3, *size)
-    target = torch.randint(0, NUM_CLASSES, (2, *size))
+    in_size, out_size = _io_sizes(model, size)
+    x = torch.randn(2, 3, *in_size)
+    target = torch.randint(0, NUM_CLASSES, (2, *out_size))
 
     model.train()
     out = model(x)
     assert isinstance(out, torch.Tensor), f"{name} must return a logits tensor, got {type(out).__name__}"
-    assert out.shape == (2, NUM_CLASSES, *size)
+    assert out.shape == (2, NUM_CLASSES, *out_size)
     assert torch.isfinite(out).all()
     F.cross_entropy(out, target).backward()
     for pname, p in model.named_parameters():

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=2)
     e.add_argument("--no-bf", action="store_true", help="skip boundary F1 (faster)")
     e.add_argument("--device", default="auto")
+    e.add_argument("--mc-samples", type=int, default=0,
+                   help="Monte-Carlo dropout samples (Bayesian models): also reports calibration (ECE)")
 
     pr = add("predict", "Predict images, folders or globs to label, colour and overlay PNGs.",
              "seglab predict runs/camvid/best.pt street.png more_images/ 'shots/*.jpg' --out predictions/")
@@ -51,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask")
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--mc-samples", type=int, default=0,
+                    help="Monte-Carlo dropout samples (Bayesian models): also writes uncertainty heat maps")
 
     m = add("models", "List registered models with parameter counts and GFLOPs.", "seglab models --size 360 480")
     m.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
@@ -90,8 +94,15 @@ def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from .engine.logging import dumps
     from .metrics import format_metrics_table
 
-    results = evaluate_checkpoint(args.checkpoint, extra, args.split, args.batch_size, not args.no_bf, args.device)
+    results = evaluate_checkpoint(args.checkpoint, extra, args.split, args.batch_size, not args.no_bf, args.device,
+                                  mc_samples=args.mc_samples)
     print(format_metrics_table(results, results["class_names"]))
+    if args.mc_samples:
+        print(f"Monte-Carlo dropout, {args.mc_samples} samples: expected calibration error {100 * results['ece']:.2f} %")
+        for b in results["accuracy_by_uncertainty"]:
+            if b["pixels"]:
+                print(f"  entropy {b['entropy_from']:.1f}-{b['entropy_to']:.1f} of max: "
+                      f"{b['pixels']:>9} px, accuracy {100 * b['accuracy']:.1f} %")
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(dumps(results, indent=2))
@@ -105,8 +116,8 @@ def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
 
     _no_extra(extra)
     seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
-    files = predict_to_files(seg, args.inputs, args.out, args.alpha)
-    print(f"seglab: wrote {len(files)} files for {len(files) // 3} images to {args.out}")
+    files = predict_to_files(seg, args.inputs, args.out, args.alpha, mc_samples=args.mc_samples)
+    print(f"seglab: wrote {len(files)} files to {args.out}")
     return 0
 
 

@@ -54,7 +54,7 @@ class ModelConfig:
 class DataConfig:
     """Where the data is and how it is augmented."""
 
-    dataset: str = "synthetic"  # camvid | folder | synthetic
+    dataset: str = "synthetic"  # camvid | folder | synthetic | isbi2012
     root: str | None = None
     train_split: str = "train"
     val_split: str = "val"
@@ -79,14 +79,26 @@ class DataConfig:
     synthetic_val: int = 48
     synthetic_size: list[int] = field(default_factory=lambda: [96, 128])
     synthetic_seed: int = 0
+    # isbi2012: positions (in sorted file order) of the labelled slices held out as the val
+    # split; the other slices train. None: the last 4 (slices 20..23 of the 24 given).
+    val_indices: list[int] | None = None
+    # U-Net weight maps (isbi2012): items become (image, mask, weight_map) for loss.name
+    # weighted_map_ce. w = w_c + w0 * exp(-(d1 + d2)^2 / (2 sigma^2)); sigma in pixels.
+    weight_maps: bool = False
+    weight_map_w0: float = 10.0
+    weight_map_sigma: float = 5.0
+    weight_map_balance: bool = True  # w_c = f_max / f_class (True) or 1 (False)
 
 
 @dataclass
 class LossConfig:
     """Training loss. ``class_weights``: none | median_frequency | inverse_frequency | [w0, w1, ...]."""
 
-    name: str = "cross_entropy"
+    name: str = "cross_entropy"  # cross_entropy | dice | ce_dice | bce_dice | focal | weighted_map_ce
     class_weights: Any = "median_frequency"
+    dice_weight: float = 1.0  # weight of the Dice term in ce_dice and bce_dice
+    dice_smooth: float = 1.0  # smoothing added to the Dice numerator and denominator
+    focal_gamma: float = 2.0  # focusing parameter of focal; 0 gives cross-entropy
 
 
 @dataclass

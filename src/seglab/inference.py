@@ -42,6 +42,7 @@ class Segmenter:
         device: str | torch.device = "auto",
         amp: str = "none",
         ignore_index: int | None = None,
+        model_name: str = "model",
     ) -> None:
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.model = model.to(self.device).eval()
@@ -49,6 +50,7 @@ class Segmenter:
         self.class_names = list(class_names)
         self.palette = [tuple(int(v) for v in c) for c in palette]
         self.ignore_index = ignore_index
+        self.model_name = model_name
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.infer_size = list(infer_size) if infer_size else None
@@ -60,7 +62,8 @@ class Segmenter:
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, path)
         return cls(model, ckpt["num_classes"], ckpt["class_names"], ckpt["palette"], ckpt["mean"], ckpt["std"],
-                   infer_size=ckpt.get("image_size"), device=device, amp=amp, ignore_index=ckpt.get("ignore_index"))
+                   infer_size=ckpt.get("image_size"), device=device, amp=amp, ignore_index=ckpt.get("ignore_index"),
+                   model_name=ckpt["model_name"])
 
     # ------------------------------------------------------------------ input
     @staticmethod
@@ -105,6 +108,25 @@ class Segmenter:
         if logits.shape[0] == 1:
             return (logits[0] > 0).long().numpy()
         return logits.argmax(0).numpy()
+
+    def predict_mc(self, image: ImageLike, samples: int) -> dict[str, np.ndarray]:
+        """Monte-Carlo dropout prediction (Bayesian models): labels, mean probabilities and
+        ``entropy`` / ``mutual_info`` / ``variance`` maps, all at the image's size; the
+        ``samples`` passes run batched."""
+        from .uncertainty import mc_dropout, mc_probabilities, require_dropout, uncertainty_maps
+
+        require_dropout(self.model, self.model_name)
+        x = self._to_tensor(self.load(image)).to(self.device)
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, self.amp_dtype):
+                return forward_at_size(self.model, batch, self.infer_size).float()
+
+        with torch.inference_mode(), mc_dropout(self.model):
+            maps = uncertainty_maps(mc_probabilities(forward, x, samples))
+        out = {k: v[0].cpu().numpy() for k, v in maps.items()}
+        out["labels"] = maps["mean"][0].argmax(0).cpu().numpy()
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {"classes": self.class_names, "device": str(self.device), "infer_size": self.infer_size}

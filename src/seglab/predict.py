@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import SeglabError
 from .inference import Segmenter
-from .visualize import add_legend, colorize, overlay, save_png
+from .visualize import add_legend, colorize, heatmap, overlay, save_png
 
 __all__ = ["expand_inputs", "predict_to_files"]
 
@@ -51,11 +51,35 @@ def write_prediction(segmenter: Segmenter, image: np.ndarray, labels: np.ndarray
     return files
 
 
-def predict_to_files(segmenter: Segmenter, inputs: list[str], out_dir: str | Path, alpha: float = 0.5) -> list[Path]:
-    """Predict every input image and write its three PNGs into ``out_dir``; returns the files written."""
+def write_uncertainty(maps: dict[str, np.ndarray], num_classes: int, out_dir: Path, stem: str) -> list[Path]:
+    """Heat maps ``<stem>_entropy.png``, ``<stem>_mutual_info.png`` and ``<stem>_variance.png``.
+
+    Entropy and mutual information are scaled to their maximum ``log C``, so colours compare
+    across images; variance is scaled to its own maximum (its range depends on the model).
+    """
+    log_c = float(np.log(max(2, num_classes)))
+    files = []
+    for key, vmax in (("entropy", log_c), ("mutual_info", log_c), ("variance", None)):
+        files.append(out_dir / f"{stem}_{key}.png")
+        save_png(heatmap(maps[key], vmax), files[-1])
+    return files
+
+
+def predict_to_files(segmenter: Segmenter, inputs: list[str], out_dir: str | Path, alpha: float = 0.5,
+                     mc_samples: int = 0) -> list[Path]:
+    """Predict every input and write its PNGs into ``out_dir``; returns the files written.
+
+    With ``mc_samples`` (Bayesian models) the labels come from the Monte-Carlo mean and three
+    uncertainty heat maps are written as well.
+    """
     out = Path(out_dir)
     written: list[Path] = []
     for path in expand_inputs(inputs):
         image = segmenter.load(path)
-        written += write_prediction(segmenter, image, segmenter.predict(image), out, path.stem, alpha)
+        if mc_samples:
+            maps = segmenter.predict_mc(image, mc_samples)
+            written += write_prediction(segmenter, image, maps["labels"], out, path.stem, alpha)
+            written += write_uncertainty(maps, segmenter.num_classes, out, path.stem)
+        else:
+            written += write_prediction(segmenter, image, segmenter.predict(image), out, path.stem, alpha)
     return written

@@ -10,7 +10,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["colorize", "overlay", "add_legend", "save_png"]
+__all__ = ["colorize", "overlay", "add_legend", "save_png", "heatmap"]
+
+# Anchor colours of a perceptually ordered dark-to-bright map (black, purple, orange, pale yellow).
+_HEAT_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32)
+
+
+def heatmap(values: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """``H x W`` non-negative values (e.g. entropy) to an ``H x W x 3`` uint8 heat map; 0 is black."""
+    top = float(vmax if vmax is not None else max(float(values.max(initial=0.0)), 1e-12))
+    t = np.clip(values / top, 0.0, 1.0) * (len(_HEAT_ANCHORS) - 1)
+    low = np.floor(t).astype(np.int64).clip(0, len(_HEAT_ANCHORS) - 2)
+    frac = (t - low)[..., None]
+    return (_HEAT_ANCHORS[low] * (1 - frac) + _HEAT_ANCHORS[low + 1] * frac).round().astype(np.uint8)
 
 
 def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int | None = None) -> np.ndarray:

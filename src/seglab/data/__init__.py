@@ -1,4 +1,4 @@
-"""Data sets for seglab: CamVid, generic image/mask folders and built-in synthetic road scenes.
+"""Data sets for seglab: CamVid, ISBI 2012 EM, generic image/mask folders and built-in synthetic road scenes.
 
 The engine uses :func:`dataset_info` and :func:`build_dataset`; :func:`compute_class_weights`
 gives SegNet's median-frequency loss weights; :func:`check_dataset` diagnoses a folder
@@ -19,14 +19,19 @@ from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID, CAMVID_VOID_COL
 from .check import check_dataset
 from .class_weights import WEIGHT_METHODS, compute_class_weights
 from .io import read_image, read_mask, read_rgb_mask
+from .isbi import ISBI_CLASSES, ISBI_PALETTE, ISBI2012Dataset
 from .report import DatasetReport, Issue
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticRoadScenes, render_scene
 from .transforms import SegmentationTransform, build_transforms
+from .weight_map import transform_with_weight_map, unet_weight_map
 
 __all__ = [
     "DatasetInfo",
     "SegmentationDataset",
     "SyntheticRoadScenes",
+    "ISBI2012Dataset",
+    "unet_weight_map",
+    "transform_with_weight_map",
     "DATASETS",
     "dataset_info",
     "build_dataset",
@@ -48,4 +53,6 @@ __all__ = [
     "CAMVID_VOID_COLOR",
     "SYNTHETIC_CLASSES",
     "SYNTHETIC_PALETTE",
+    "ISBI_CLASSES",
+    "ISBI_PALETTE",
 ]

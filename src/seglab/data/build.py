@@ -1,4 +1,4 @@
-"""Build data sets from a :class:`~seglab.config.DataConfig`: ``camvid``, ``folder`` or ``synthetic``.
+"""Build data sets from a :class:`~seglab.config.DataConfig`: ``camvid``, ``folder``, ``synthetic`` or ``isbi2012``.
 
 Example:
     >>> info = dataset_info(cfg.data)
@@ -15,13 +15,14 @@ from ..errors import SeglabError, did_you_mean
 from .base import DatasetInfo, SegmentationDataset
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID, camvid_samples, resolve_camvid_root
 from .folder import folder_samples
+from .isbi import ISBI_CLASSES, ISBI_PALETTE, build_isbi
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticRoadScenes
 from .transforms import build_transforms
 
 __all__ = ["DATASETS", "dataset_info", "build_dataset", "default_palette"]
 
-DATASETS = ("camvid", "folder", "synthetic")
-_DEFAULT_IGNORE = {"camvid": CAMVID_VOID, "folder": 255, "synthetic": 255}
+DATASETS = ("camvid", "folder", "synthetic", "isbi2012")
+_DEFAULT_IGNORE = {"camvid": CAMVID_VOID, "folder": 255, "synthetic": 255, "isbi2012": 255}
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:
@@ -89,6 +90,10 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
     """
     kind = _kind(cfg)
     ignore = cfg.ignore_index if cfg.ignore_index is not None else _DEFAULT_IGNORE[kind]
+    if kind == "isbi2012":
+        n = _fixed_classes(cfg, kind, ISBI_CLASSES)
+        palette = _check_palette(cfg.palette, (n,), kind) if cfg.palette is not None else list(ISBI_PALETTE)
+        return DatasetInfo(n, _names(cfg, n, ISBI_CLASSES), palette, int(ignore))
     if kind in ("camvid", "synthetic"):
         camvid = kind == "camvid"
         names = CAMVID_CLASSES if camvid else SYNTHETIC_CLASSES
@@ -174,6 +179,10 @@ def build_dataset(cfg: DataConfig, split: str | None = None, train: bool = False
         raise SeglabError(f"--data.image_size must be [height, width], got {cfg.image_size}.")
     if cfg.limit is not None and cfg.limit < 1:
         raise SeglabError(f"--data.limit must be a positive number of samples, got {cfg.limit}.")
+    if cfg.weight_maps and kind != "isbi2012":
+        raise SeglabError(f"--data.weight_maps is supported by the isbi2012 data set only, not {kind!r}.")
+    if kind == "isbi2012":
+        return build_isbi(cfg, info, split, train)
     if kind == "synthetic":
         return _synthetic(cfg, info, split, train)
     if kind == "camvid":

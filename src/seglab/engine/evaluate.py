@@ -41,24 +41,46 @@ def evaluate_model(
     infer_size: list[int] | None = None,
     compute_bf: bool = True,
     channels_last: bool = False,
+    mc_samples: int = 0,
 ) -> dict:
-    """Score ``model`` on every (image, mask) batch; returns :meth:`SegmentationMetrics.compute`."""
+    """Score ``model`` on every (image, mask) batch; returns :meth:`SegmentationMetrics.compute`.
+
+    With ``mc_samples > 0`` (Bayesian models) the prediction is the mean of that many
+    Monte-Carlo dropout samples, and the result also holds the expected calibration error
+    (``ece``) and the accuracy of pixels binned by predictive entropy.
+    """
+    from ..uncertainty import CalibrationMeter, mc_dropout, mc_probabilities, uncertainty_maps
+
     was_training = model.training
     model.eval()
     metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, compute_bf=compute_bf)
+    calibration = CalibrationMeter(num_classes, ignore_index) if mc_samples else None
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp_dtype):
+            return forward_at_size(model, x, infer_size).float()
+
     for images, masks, *_ in batches:
         images = images.to(device, non_blocking=True)
+        masks = masks.to(device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            logits = forward_at_size(model, images, infer_size)
-        metrics.update(logits_to_labels(logits.float()), masks.to(device))
+        if calibration is None:
+            metrics.update(logits_to_labels(forward(images)), masks)
+            continue
+        with mc_dropout(model):
+            maps = uncertainty_maps(mc_probabilities(forward, images, mc_samples))
+        metrics.update(maps["mean"].argmax(1), masks)
+        calibration.update(maps["mean"], maps["entropy"], masks)
     model.train(was_training)
-    return metrics.compute()
+    results = metrics.compute()
+    if calibration is not None:
+        results.update(calibration.compute(), mc_samples=mc_samples)
+    return results
 
 
 def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: str = "val", batch_size: int = 2,
-                        compute_bf: bool = True, device: str = "auto") -> dict:
+                        compute_bf: bool = True, device: str = "auto", mc_samples: int = 0) -> dict:
     """Score a checkpoint on a split of its own data set (``overrides`` may point ``--data.root`` elsewhere).
 
     Returns the metrics dict plus ``class_names``, ``split`` and ``checkpoint``.
@@ -77,9 +99,13 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: st
     check_compatible(ckpt, ckpt["model_name"], info.num_classes, path)
     dev = select_device(device)
     model = model_from_checkpoint(ckpt, path).to(dev)
+    if mc_samples:
+        from ..uncertainty import require_dropout
+
+        require_dropout(model, ckpt["model_name"])
     data_cfg = dataclasses.replace(cfg.data, image_size=None, limit=cfg.data.limit)
     dataset = build_dataset(data_cfg, split, train=False)
     loader = build_eval_loader(dataset, batch_size, cfg.data.num_workers, dev.type == "cuda")
     results = evaluate_model(model, loader, info.num_classes, info.ignore_index, dev, resolve_amp(cfg.train.amp, dev),
-                             infer_size=ckpt.get("image_size"), compute_bf=compute_bf)
+                             infer_size=ckpt.get("image_size"), compute_bf=compute_bf, mc_samples=mc_samples)
     return {"checkpoint": str(path), "split": split, "class_names": list(info.class_names), **results}

@@ -5,6 +5,7 @@
 * :func:`boundary_f1` — BF of one image; :func:`format_metrics_table` — paper-style table.
 * :func:`logits_to_labels` — argmax for multi-class models, sigmoid threshold for
   1-channel binary models.
+* :func:`em_metrics` — pixel error, foreground IoU and adapted Rand error for binary EM data.
 
 Example:
     >>> metrics = SegmentationMetrics(num_classes=11, ignore_index=11)
@@ -15,6 +16,7 @@ Example:
 
 from .boundary import BoundaryF1Accumulator, boundary_f1, boundary_f1_per_class, boundary_map
 from .confusion import SegmentationMetrics, confusion_matrix, logits_to_labels, metrics_from_confusion
+from .em import em_metrics
 from .report import format_metrics_table, format_percent
 
 __all__ = [
@@ -28,4 +30,5 @@ __all__ = [
     "BoundaryF1Accumulator",
     "format_metrics_table",
     "format_percent",
+    "em_metrics",
 ]

@@ -11,6 +11,9 @@ Example:
 from __future__ import annotations
 
 from . import segnet
+from . import bayesian_segnet  # noqa: E402,I001  (after segnet: it reuses its builders)
+from . import fcn, fcn_basic, deconvnet, deeplab_v1, segnet_lite  # noqa: E402,I001  (after segnet: they reuse it)
+from . import deeplabv3, unet  # noqa: E402,I001  (DeepLabv3/v3+ with ResNet and Xception-65; U-Net)
 from .complexity import count_gflops, count_parameters
 
 __all__ = ["count_gflops", "count_parameters", "segnet"]

@@ -8,6 +8,8 @@
 * :class:`ASPP` - Atrous Spatial Pyramid Pooling of DeepLabv3 (Chen et al. 2017,
   arXiv:1706.05587, Sec. 3.3): a 1x1 branch, three 3x3 atrous branches, an image-pooling branch,
   concatenation, 1x1 projection and dropout.
+* :func:`check_output_stride` / :func:`aspp_rates` - the accepted backbone output strides and the
+  ASPP rates that go with each.
 
 Padding always equals ``dilation`` for the 3x3 convs, so stride-1 blocks keep the spatial size
 and any input size works.
@@ -21,9 +23,46 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import SeglabError
 from .blocks import ConvNormAct
 
-__all__ = ["ASPP", "ASPPPooling", "SeparableConv2d", "atrous_conv", "separable_conv_params"]
+__all__ = [
+    "ASPP",
+    "ASPPPooling",
+    "BASE_ASPP_RATES",
+    "OUTPUT_STRIDES",
+    "SeparableConv2d",
+    "aspp_rates",
+    "atrous_conv",
+    "check_output_stride",
+    "separable_conv_params",
+]
+
+
+#: Backbone output strides the atrous models accept (32 means no dilation at all).
+OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
+#: ASPP rates at output stride 16 (DeepLabv3 Sec. 3.3); they scale inversely with the stride.
+BASE_ASPP_RATES: tuple[int, ...] = (6, 12, 18)
+
+
+def check_output_stride(output_stride: int) -> int:
+    """Return ``output_stride`` if it is in :data:`OUTPUT_STRIDES`, else raise :class:`SeglabError`."""
+    if output_stride not in OUTPUT_STRIDES:
+        raise SeglabError(
+            f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride!r} "
+            "(16 is the DeepLab default; 8 is denser and slower; 32 disables dilation)."
+        )
+    return output_stride
+
+
+def aspp_rates(output_stride: int) -> tuple[int, ...]:
+    """ASPP rates for ``output_stride``: (6, 12, 18) at 16, (12, 24, 36) at 8, (3, 6, 9) at 32.
+
+    The rates are in feature-map pixels, so keeping the same field of view in image pixels means
+    doubling them when the features are twice as dense (DeepLabv3 Sec. 3.3).
+    """
+    check_output_stride(output_stride)
+    return tuple(rate * 16 // output_stride for rate in BASE_ASPP_RATES)
 
 
 def atrous_conv(in_channels: int, out_channels: int, dilation: int = 1) -> ConvNormAct:

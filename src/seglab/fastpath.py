@@ -1,0 +1,347 @@
+"""Inference fast path: ``optimize_for_inference(model)`` returns a faster copy with the same outputs.
+
+What it does, in order (each step is cheap to undo: the caller's model is never touched):
+
+1. ``copy.deepcopy`` and ``eval()``; parameters stop requiring gradients.
+2. BatchNorm folding (:func:`fold_batchnorm`): every ``BatchNorm2d`` that directly follows a
+   ``Conv2d`` / ``ConvTranspose2d`` inside an ``nn.Sequential`` (which includes
+   :class:`~seglab.models.blocks.ConvNormAct`) is folded into the conv's weight and bias and
+   replaced by ``nn.Identity``. In eval mode BN is a per-channel affine map, so this is exact up
+   to float rounding and removes one full read+write of every activation per layer.
+3. Memory format: channels-last where it is faster (:func:`prefers_channels_last`).
+4. Precision: bf16 autocast where the hardware has fast bf16 (:func:`resolve_inference_dtype`).
+5. Optional ``torch.compile`` that falls back to eager with a warning if it fails.
+6. Process-wide settings: intra-op threads = usable cores, and glibc ``malloc`` tuning
+   (:func:`tune_malloc`) so large activation buffers are reused instead of being ``mmap``-ed and
+   page-faulted on every forward.
+
+Measured on this project's 2-core AVX2 machine (contended, see ``benchmarks/README.md``):
+channels-last *forward* was slower than NCHW for SegNet/SegNet-Basic, so AVX2 CPUs default to
+NCHW; malloc tuning was the largest single CPU win.
+
+Example:
+    >>> import torch, seglab
+    >>> from seglab.fastpath import optimize_for_inference
+    >>> fast = optimize_for_inference(seglab.create_model("segnet_basic", num_classes=11))
+    >>> fast(torch.zeros(1, 3, 64, 80)).shape
+    torch.Size([1, 11, 64, 80])
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import os
+import platform
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .engine.runtime import autocast, configure_threads, cpu_supports_bf16
+from .errors import SeglabError
+
+__all__ = [
+    "FastInferenceModel",
+    "fold_batchnorm",
+    "fuse_conv_bn",
+    "optimize_for_inference",
+    "prefers_channels_last",
+    "resolve_inference_dtype",
+    "tune_malloc",
+]
+
+# Exact types only: a Conv2d subclass may transform its weight in forward (weight
+# standardisation, ...), and folding a scale into such a weight would change its output.
+_FOLDABLE_CONVS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.ConvTranspose2d)
+_FOLDABLE_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.SyncBatchNorm)
+
+# CPU capabilities (torch.backends.cpu.get_cpu_capability()) whose *forward* pass is faster in
+# channels-last. AVX2 is measured slower (see module docstring); AVX-512/AMX builds run oneDNN's
+# NHWC kernels natively and are the platforms channels-last was written for (not measured here).
+_CHANNELS_LAST_CPU_CAPABILITIES: frozenset[str] = frozenset({"AVX512", "AMX"})
+
+# glibc <malloc.h> parameter numbers.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_NEVER_TRIM = 2**31 - 1  # mallopt takes an int; INT_MAX bytes means "do not give the heap top back"
+_malloc_tuned: bool | None = None
+
+
+def fuse_conv_bn(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.Module:
+    """A copy of ``conv`` whose output equals ``bn(conv(x))`` with ``bn`` in eval mode.
+
+    With ``s = gamma / sqrt(running_var + eps)`` per output channel, the fused conv has weight
+    ``w * s`` (scaled along its output-channel axis) and bias ``(b - running_mean) * s + beta``
+    (``b = 0`` when the conv had no bias). The arithmetic is done in float64 and cast back.
+
+    Args:
+        conv: A ``Conv2d`` or ``ConvTranspose2d`` (any groups, with or without bias).
+        bn: The ``BatchNorm2d`` applied to its output; must track running statistics.
+
+    Returns:
+        A new conv module (``conv`` and ``bn`` are unchanged).
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise SeglabError("Cannot fold a BatchNorm without running statistics (track_running_stats=False).")
+    out_channels = conv.out_channels
+    if bn.num_features != out_channels:
+        raise SeglabError(f"BatchNorm has {bn.num_features} features but the conv outputs {out_channels} channels.")
+    w = conv.weight.detach().double()
+    mean, var = bn.running_mean.double(), bn.running_var.double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(mean)
+    if isinstance(conv, nn.ConvTranspose2d):
+        # Weight is (in, out/groups, kh, kw): output channel g*(out/groups)+j lives at [g-th block, j].
+        g = conv.groups
+        blocks = w.reshape(g, w.shape[0] // g, w.shape[1], *w.shape[2:])
+        w = (blocks * scale.reshape(g, 1, -1, 1, 1)).reshape(w.shape)
+    else:
+        w = w * scale.reshape(-1, 1, 1, 1)
+    fused = copy.deepcopy(conv)
+    dtype = conv.weight.dtype
+    fused.weight = nn.Parameter(w.to(dtype), requires_grad=conv.weight.requires_grad)
+    fused.bias = nn.Parameter(((bias - mean) * scale + beta).to(dtype), requires_grad=conv.weight.requires_grad)
+    return fused
+
+
+def _can_fold(conv: nn.Module, bn: nn.Module, refcount: dict[int, int]) -> bool:
+    """Whether ``bn`` directly after ``conv`` can be folded without changing any output."""
+    return (
+        type(conv) in _FOLDABLE_CONVS
+        and type(bn) in _FOLDABLE_NORMS
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.num_features == conv.out_channels
+        and not parametrize.is_parametrized(conv)
+        # A module used in two places would change the other use too.
+        and refcount[id(conv)] == 1
+        and refcount[id(bn)] == 1
+    )
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold, in place, every BatchNorm that directly follows a conv inside an ``nn.Sequential``.
+
+    Only pairs whose folding is provably exact are touched: exact ``Conv2d``/``ConvTranspose2d``
+    and ``BatchNorm2d``/``SyncBatchNorm`` types, BN with running statistics, neither module shared
+    with another part of the model, conv weight not parametrised. Call it on a model in eval
+    mode (a folded model no longer normalises with batch statistics in train mode).
+
+    Args:
+        module: The model to rewrite.
+
+    Returns:
+        The number of BatchNorm layers folded (each replaced by ``nn.Identity``).
+    """
+    refcount: dict[int, int] = {}
+    for _, m in module.named_modules(remove_duplicate=False):
+        refcount[id(m)] = refcount.get(id(m), 0) + 1
+    folded = 0
+    # Materialise the list first: the loop replaces children of the containers it visits.
+    for parent in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        names = list(parent._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = parent._modules[first], parent._modules[second]
+            if conv is not None and bn is not None and _can_fold(conv, bn, refcount):
+                parent._modules[first] = fuse_conv_bn(conv, bn)
+                parent._modules[second] = nn.Identity()
+                folded += 1
+    return folded
+
+
+def prefers_channels_last(device: torch.device) -> bool:
+    """Default memory format for inference on ``device``: True means channels-last.
+
+    CUDA: yes (cuDNN's tensor-core convolutions are NHWC). CPU: only on AVX-512/AMX; on AVX2 the
+    SegNet forward measured slower in channels-last (see the module docstring).
+    """
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        return torch.backends.cpu.get_cpu_capability() in _CHANNELS_LAST_CPU_CAPABILITIES
+    return False
+
+
+def resolve_inference_dtype(dtype: torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for the fast path; ``None`` means plain fp32.
+
+    Args:
+        dtype: ``None`` to decide by hardware (bf16 on CUDA GPUs that support it and on CPUs with
+            AVX512-BF16/AMX, where it is fast; fp32 elsewhere, e.g. AVX2 where bf16 is emulated
+            and slow), ``torch.float32`` to opt out, ``torch.bfloat16`` to force it, or
+            ``torch.float16`` (CUDA only).
+        device: Where the model runs.
+    """
+    if dtype is None:
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
+    if dtype == torch.float32:
+        return None
+    if dtype == torch.bfloat16 or (dtype == torch.float16 and device.type == "cuda"):
+        return dtype
+    raise SeglabError(f"Unsupported inference dtype {dtype} on {device.type}: use torch.float32 or torch.bfloat16"
+                      " (torch.float16 on CUDA only), or None to decide by hardware.")
+
+
+def tune_malloc() -> bool:
+    """Make glibc keep freed memory for reuse instead of unmapping it; once per process.
+
+    By default glibc serves blocks above ~128 KiB-32 MiB with ``mmap`` and unmaps them on
+    ``free``, so every forward pass page-faults its large activation buffers in again (the
+    kernel zeroes each fresh page). ``M_MMAP_MAX=0`` serves them from the heap and
+    ``M_TRIM_THRESHOLD=INT_MAX`` stops ``free`` from shrinking the heap. The price: the process's
+    resident memory stays at its high-water mark. Skipped when ``SEGLAB_NO_MALLOPT=1`` or when the
+    C library is not glibc.
+
+    Returns:
+        True if the settings are in effect (applied now or by an earlier call).
+    """
+    global _malloc_tuned
+    if _malloc_tuned is not None:
+        return _malloc_tuned
+    _malloc_tuned = False
+    if os.environ.get("SEGLAB_NO_MALLOPT", "") not in ("", "0") or platform.system() != "Linux":
+        return False
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) == 1
+    except (OSError, AttributeError):
+        return False
+    _malloc_tuned = bool(ok)
+    return _malloc_tuned
+
+
+def _to_plain_fp32(out: Any) -> Any:
+    """Tensors contiguous (NCHW) and bf16/fp16 as fp32, recursively through dicts, lists and tuples."""
+    if isinstance(out, Tensor):
+        return (out.float() if out.dtype in (torch.bfloat16, torch.float16) else out).contiguous()
+    if isinstance(out, dict):
+        return {k: _to_plain_fp32(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_plain_fp32(v) for v in out)
+    return out
+
+
+class FastInferenceModel(nn.Module):
+    """Inference-only wrapper made by :func:`optimize_for_inference`.
+
+    ``forward`` runs under ``torch.inference_mode`` (outputs cannot enter autograd), converts a
+    4-D input to channels-last when enabled, autocasts to ``amp_dtype`` and returns contiguous
+    outputs, bf16/fp16 ones as fp32, so callers see the eager model's dtype and layout.
+
+    Args:
+        module: The rewritten model (already in eval mode, on its device).
+        amp_dtype: Autocast dtype or ``None`` for fp32.
+        channels_last: Convert 4-D inputs to channels-last.
+        compiled: ``torch.compile(module)``, or ``None`` for eager.
+    """
+
+    def __init__(self, module: nn.Module, amp_dtype: torch.dtype | None, channels_last: bool,
+                 compiled: Any = None) -> None:
+        super().__init__()
+        self.module = module
+        self.amp_dtype = amp_dtype
+        self.channels_last = channels_last
+        # Kept out of _modules: the compiled wrapper shares module's parameters, and registering
+        # it would list them twice in state_dict().
+        self.__dict__["_compiled"] = compiled
+
+    @property
+    def compiled(self) -> bool:
+        """Whether forward currently goes through ``torch.compile``."""
+        return self.__dict__["_compiled"] is not None
+
+    def train(self, mode: bool = True) -> "FastInferenceModel":
+        """Only eval mode exists; BN is folded. (Dropout submodules may still be switched on their
+        own, e.g. for Monte-Carlo dropout.)"""
+        if mode:
+            raise SeglabError("A model from optimize_for_inference() is inference-only; train the original model.")
+        return super().train(False)
+
+    def _call(self, x: Tensor) -> Any:
+        compiled = self.__dict__["_compiled"]
+        if compiled is None:
+            return self.module(x)
+        try:
+            return compiled(x)
+        except Exception as compile_error:  # noqa: BLE001  (compile errors have no common base class)
+            out = self.module(x)  # an input error raises here, keeping the compiled path for later calls
+            warnings.warn(f"torch.compile failed ({type(compile_error).__name__}: {compile_error}); "
+                          "running eagerly from now on.", RuntimeWarning, stacklevel=3)
+            self.__dict__["_compiled"] = None
+            return out
+
+    def forward(self, x: Tensor) -> Any:
+        with torch.inference_mode():
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(x.device, self.amp_dtype):
+                out = self._call(x)
+            return _to_plain_fp32(out)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _try_compile(module: nn.Module) -> Any:
+    try:
+        return torch.compile(module)
+    except Exception as e:  # noqa: BLE001  (unsupported Python/platform raise various types)
+        warnings.warn(f"torch.compile is unavailable ({type(e).__name__}: {e}); running eagerly.",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    dtype: torch.dtype | None = None,
+    compile: bool = False,
+    channels_last: bool | None = None,
+    *,
+    threads: int | None = None,
+) -> FastInferenceModel:
+    """A faster, inference-only copy of ``model`` with the same outputs; ``model`` is untouched.
+
+    Move the model to its device first: the defaults are decided for the device its parameters
+    are on. Process-wide effects (CPU only): ``torch.set_num_threads`` to ``threads`` (default:
+    the cores this process may run on, ``os.sched_getaffinity``, which respects ``taskset`` and
+    cpusets; PyTorch's own default may count cores the process cannot use) and, once per process,
+    :func:`tune_malloc` (opt out with ``SEGLAB_NO_MALLOPT=1``).
+
+    Args:
+        model: Any ``nn.Module`` taking an image batch.
+        dtype: See :func:`resolve_inference_dtype`; ``torch.float32`` opts out of bf16.
+        compile: Wrap the rewritten model in ``torch.compile``; if compiling fails (now or at the
+            first call) a ``RuntimeWarning`` is issued and the model runs eagerly.
+        channels_last: Force the memory format; ``None`` uses :func:`prefers_channels_last`.
+        threads: Intra-op threads on CPU; ``None`` for all usable cores.
+
+    Returns:
+        A :class:`FastInferenceModel`; call it like the original model.
+    """
+    device = _model_device(model)
+    amp_dtype = resolve_inference_dtype(dtype, device)
+    use_channels_last = prefers_channels_last(device) if channels_last is None else bool(channels_last)
+    module = copy.deepcopy(model).eval()
+    module.requires_grad_(False)
+    fold_batchnorm(module)
+    if use_channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    if device.type == "cpu":
+        configure_threads(threads)
+        tune_malloc()
+    compiled = _try_compile(module) if compile else None
+    return FastInferenceModel(module, amp_dtype, use_channels_last, compiled).eval()

@@ -48,6 +48,7 @@ from .config import LossConfig
 from .errors import SeglabError, did_you_mean
 
 __all__ = [
+    "BINARY_LOSSES",
     "cross_entropy",
     "dice_loss",
     "ce_dice_loss",
@@ -68,6 +69,8 @@ __all__ = [
 ]
 
 LOSSES = ("cross_entropy", "dice", "ce_dice", "bce_dice", "focal", "weighted_map_ce")
+#: Losses for one-channel (sigmoid) models on two-class data; the trainer builds such models with 1 output.
+BINARY_LOSSES = ("bce_dice",)
 WEIGHT_METHODS = ("none", "median_frequency", "inverse_frequency")
 _MULTI_CHANNEL = "cross_entropy, dice, ce_dice, focal or weighted_map_ce"
 

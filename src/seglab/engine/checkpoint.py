@@ -74,7 +74,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint")
     """Rebuild the model recorded in ``ckpt`` and load its weights (no data or recipe needed)."""
     # The encoder's pretrained weights are already in the state dict: don't fetch them again.
     kwargs = {k: v for k, v in ckpt["model_kwargs"].items() if k != "pretrained_encoder"}
-    model = create_model(ckpt["model_name"], ckpt["num_classes"], **kwargs)
+    # Binary models have one output channel for two data classes.
+    model = create_model(ckpt["model_name"], ckpt.get("model_num_classes", ckpt["num_classes"]), **kwargs)
     _load_weights(model, ckpt["model"], f"{ckpt['model_name']} ({ckpt['num_classes']} classes) from {path}")
     return model
 

@@ -27,7 +27,7 @@ from .. import __version__
 from ..config import Config, config_to_dict, dump_config
 from ..data import build_dataset, compute_class_weights, dataset_info
 from ..errors import SeglabError
-from ..losses import build_loss, resolve_class_weights
+from ..losses import BINARY_LOSSES, build_loss, resolve_class_weights
 from ..metrics import format_metrics_table
 from ..registry import create_model
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
@@ -106,7 +106,9 @@ class Trainer:
         if cfg.model.pretrained_encoder:
             kwargs["pretrained_encoder"] = cfg.model.pretrained_encoder
         self.model_kwargs = kwargs
-        self.model = create_model(cfg.model.name, self.info.num_classes, **kwargs).to(self.device)
+        # A binary loss trains a one-channel (sigmoid) head on two-class data.
+        self.model_num_classes = 1 if cfg.loss.name in BINARY_LOSSES else self.info.num_classes
+        self.model = create_model(cfg.model.name, self.model_num_classes, **kwargs).to(self.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         weights = resolve_class_weights(cfg.loss.class_weights, self.info.num_classes,
@@ -152,6 +154,7 @@ class Trainer:
             "model_name": cfg.model.name,
             "model_kwargs": self.model_kwargs,
             "num_classes": self.info.num_classes,
+            "model_num_classes": self.model_num_classes,
             "class_names": list(self.info.class_names),
             "palette": [list(c) for c in self.info.palette],
             "ignore_index": self.info.ignore_index,

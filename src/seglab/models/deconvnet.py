@@ -7,16 +7,17 @@ argmax positions (exactly SegNet's encoder, reused from :mod:`seglab.models.segn
 3x3 stride-1 transposed convs mirroring the encoder's convs; every conv and deconv is followed by
 BatchNorm and ReLU, as in the paper. A 1x1 conv gives the K class scores.
 
-Differences from the original, all for "any input size":
-
-* The original's ``fc6`` is unpadded on a 7x7 ``pool5`` (224x224 crops) and yields 1x1, which
-  ``deconv-fc6`` expands back to 7x7. We pad both by 3 ('same'), so for 224x224 inputs the centre
-  position still sees the whole 7x7 window while larger maps keep their spatial layout (a fully
-  convolutional reading of the same layers). An adaptive-pooling variant would squeeze 360x480's
-  12x15 ``pool5`` into 7x7 and lose that layout.
-* Pooling rounds odd sizes up (ceil mode) and unpooling is told the pre-pool size, as in SegNet.
-* Dropout is off by default: the paper's network normalises every layer with BatchNorm
-  instead; ``dropout`` adds it after ``fc6``/``fc7``.
+Any input size: the original's ``fc6`` is an unpadded 7x7 conv on the 7x7 ``pool5`` of a 224x224
+crop (giving 1x1) and ``deconv-fc6`` an unpadded 7x7 transposed conv back to 7x7. We keep both
+unpadded, which is what the Caffe network itself computes on a larger image (360x480: ``pool5``
+12x15 -> ``fc7`` 6x9 -> 12x15), and zero-pad ``pool5`` up to 7 in each dimension when it is
+smaller, cropping the same margin after ``deconv-fc6``; 224x224 inputs run exactly the original
+network. ('Same'-padding fc6 would also work but changes the layer's meaning on every input and,
+on tiny maps, hits a CPU convolution path that is more than 10x slower in the backward pass.)
+Pooling rounds odd sizes up (ceil mode) and unpooling is told the pre-pool size, as in SegNet.
+Dropout is off by default, since the paper normalises every layer with BatchNorm; ``dropout``
+adds it after ``fc6``/``fc7``. As ``fc7`` can be 1x1, training needs batches of 2 or more there
+(BatchNorm needs more than one value per channel).
 
 Parameters for K=21: 251,805,653 (the paper: "252M"), of which fc6, fc7 and deconv-fc6 hold 222 M.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import register_model
@@ -39,7 +41,7 @@ from .blocks import init_he, max_unpool_2x2
 from .segnet import VGG16_STAGES, PoolSizes, SegNetEncoder
 from .vgg import load_vgg16_weights, make_fc_layers
 
-__all__ = ["DECONVNET_DECODER_STAGES", "DeconvNet", "DeconvNetDecoder", "DeconvNetEncoder", "deconvnet"]
+__all__ = ["DECONVNET_DECODER_STAGES", "DeconvNet", "DeconvNetDecoder", "DeconvNetEncoder", "deconvnet", "fc_padding"]
 
 #: Deconvolution outputs per decoder stage, deepest first (deconv5_1 ... deconv1_2 in the paper).
 DECONVNET_DECODER_STAGES: tuple[tuple[int, ...], ...] = (
@@ -48,13 +50,19 @@ DECONVNET_DECODER_STAGES: tuple[tuple[int, ...], ...] = (
 _FC_WIDTH, _FC_KERNEL = 4096, 7
 
 
-def deconv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
-    """Stride-1 ``ConvTranspose2d`` ('same' padding) -> BatchNorm -> ReLU, DeconvNet's decoder layer."""
+def deconv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1) -> nn.Sequential:
+    """Stride-1 ``ConvTranspose2d`` -> BatchNorm -> ReLU, DeconvNet's decoder layer."""
     return nn.Sequential(
-        nn.ConvTranspose2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+        nn.ConvTranspose2d(in_channels, out_channels, kernel_size, padding=padding),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+def fc_padding(size: int) -> tuple[int, int]:
+    """Zero rows (or columns) added before and after a ``pool5`` dimension of ``size`` so ``fc6`` fits."""
+    extra = max(0, _FC_KERNEL - size)
+    return extra // 2, extra - extra // 2
 
 
 class DeconvNetEncoder(SegNetEncoder):
@@ -67,14 +75,15 @@ class DeconvNetEncoder(SegNetEncoder):
 
     def __init__(self, in_channels: int = 3, dropout: float = 0.0) -> None:
         super().__init__(in_channels, VGG16_STAGES)
-        self.fc = make_fc_layers(self.out_channels, _FC_WIDTH, _FC_KERNEL, padding=_FC_KERNEL // 2,
-                                 dropout=dropout, norm_layer=nn.BatchNorm2d)
+        self.fc = make_fc_layers(self.out_channels, _FC_WIDTH, _FC_KERNEL, dropout=dropout,
+                                 norm_layer=nn.BatchNorm2d)
         self.out_channels = _FC_WIDTH
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor | None], PoolSizes]:
         """``fc7`` features, pooling indices and pre-pool sizes (see :meth:`SegNetEncoder.forward`)."""
         x, indices, sizes = super().forward(x)
-        return self.fc(x), indices, sizes
+        (top, bottom), (left, right) = fc_padding(x.shape[-2]), fc_padding(x.shape[-1])
+        return self.fc(F.pad(x, (left, right, top, bottom))), indices, sizes
 
 
 class DeconvNetDecoder(nn.Module):
@@ -89,7 +98,7 @@ class DeconvNetDecoder(nn.Module):
     def __init__(self, in_channels: int = _FC_WIDTH, pool5_channels: int = 512,
                  stages: Sequence[Sequence[int]] = DECONVNET_DECODER_STAGES) -> None:
         super().__init__()
-        self.fc6_deconv = deconv_norm_act(in_channels, pool5_channels, _FC_KERNEL)
+        self.fc6_deconv = deconv_norm_act(in_channels, pool5_channels, _FC_KERNEL, padding=0)
         self.stages = nn.ModuleList()
         in_channels = pool5_channels
         for widths in stages:
@@ -104,10 +113,13 @@ class DeconvNetDecoder(nn.Module):
         """Decode ``fc7`` features; ``indices``/``sizes`` are the encoder's, shallowest first."""
         if len(indices) != len(self.stages) or len(sizes) != len(self.stages):
             raise ValueError(f"Decoder has {len(self.stages)} stages but got {len(indices)} pooling records.")
-        x = self.fc6_deconv(x)
+        if any(idx is None for idx in indices):
+            raise RuntimeError("DeconvNet unpools with pooling indices; the encoder must record them.")
+        # Back to pool5's size (that of its pooling indices), removing the encoder's fc6 padding.
+        height, width = indices[-1].shape[-2:]
+        top, left = fc_padding(height)[0], fc_padding(width)[0]
+        x = self.fc6_deconv(x)[..., top : top + height, left : left + width]
         for stage, idx, size in zip(self.stages, reversed(indices), reversed(sizes)):
-            if idx is None:
-                raise RuntimeError("DeconvNet unpools with pooling indices; the encoder must record them.")
             x = stage(max_unpool_2x2(x, idx, size))
         return x
 

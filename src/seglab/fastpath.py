@@ -38,10 +38,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from .engine.runtime import autocast, configure_threads, cpu_supports_bf16
 from .errors import SeglabError
+from .models.folding import fold_batchnorm, fuse_conv_bn
 
 __all__ = [
     "FastInferenceModel",
@@ -53,11 +53,6 @@ __all__ = [
     "tune_malloc",
 ]
 
-# Exact types only: a Conv2d subclass may transform its weight in forward (weight
-# standardisation, ...), and folding a scale into such a weight would change its output.
-_FOLDABLE_CONVS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.ConvTranspose2d)
-_FOLDABLE_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm2d, nn.SyncBatchNorm)
-
 # CPU capabilities (torch.backends.cpu.get_cpu_capability()) whose *forward* pass is faster in
 # channels-last. AVX2 is measured slower (see module docstring); AVX-512/AMX builds run oneDNN's
 # NHWC kernels natively and are the platforms channels-last was written for (not measured here).
@@ -68,90 +63,6 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _NEVER_TRIM = 2**31 - 1  # mallopt takes an int; INT_MAX bytes means "do not give the heap top back"
 _malloc_tuned: bool | None = None
-
-
-def fuse_conv_bn(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.Module:
-    """A copy of ``conv`` whose output equals ``bn(conv(x))`` with ``bn`` in eval mode.
-
-    With ``s = gamma / sqrt(running_var + eps)`` per output channel, the fused conv has weight
-    ``w * s`` (scaled along its output-channel axis) and bias ``(b - running_mean) * s + beta``
-    (``b = 0`` when the conv had no bias). The arithmetic is done in float64 and cast back.
-
-    Args:
-        conv: A ``Conv2d`` or ``ConvTranspose2d`` (any groups, with or without bias).
-        bn: The ``BatchNorm2d`` applied to its output; must track running statistics.
-
-    Returns:
-        A new conv module (``conv`` and ``bn`` are unchanged).
-    """
-    if bn.running_mean is None or bn.running_var is None:
-        raise SeglabError("Cannot fold a BatchNorm without running statistics (track_running_stats=False).")
-    out_channels = conv.out_channels
-    if bn.num_features != out_channels:
-        raise SeglabError(f"BatchNorm has {bn.num_features} features but the conv outputs {out_channels} channels.")
-    w = conv.weight.detach().double()
-    mean, var = bn.running_mean.double(), bn.running_var.double()
-    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(mean)
-    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
-    scale = gamma / torch.sqrt(var + bn.eps)
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(mean)
-    if isinstance(conv, nn.ConvTranspose2d):
-        # Weight is (in, out/groups, kh, kw): output channel g*(out/groups)+j lives at [g-th block, j].
-        g = conv.groups
-        blocks = w.reshape(g, w.shape[0] // g, w.shape[1], *w.shape[2:])
-        w = (blocks * scale.reshape(g, 1, -1, 1, 1)).reshape(w.shape)
-    else:
-        w = w * scale.reshape(-1, 1, 1, 1)
-    fused = copy.deepcopy(conv)
-    dtype = conv.weight.dtype
-    fused.weight = nn.Parameter(w.to(dtype), requires_grad=conv.weight.requires_grad)
-    fused.bias = nn.Parameter(((bias - mean) * scale + beta).to(dtype), requires_grad=conv.weight.requires_grad)
-    return fused
-
-
-def _can_fold(conv: nn.Module, bn: nn.Module, refcount: dict[int, int]) -> bool:
-    """Whether ``bn`` directly after ``conv`` can be folded without changing any output."""
-    return (
-        type(conv) in _FOLDABLE_CONVS
-        and type(bn) in _FOLDABLE_NORMS
-        and bn.track_running_stats
-        and bn.running_mean is not None
-        and bn.num_features == conv.out_channels
-        and not parametrize.is_parametrized(conv)
-        # A module used in two places would change the other use too.
-        and refcount[id(conv)] == 1
-        and refcount[id(bn)] == 1
-    )
-
-
-def fold_batchnorm(module: nn.Module) -> int:
-    """Fold, in place, every BatchNorm that directly follows a conv inside an ``nn.Sequential``.
-
-    Only pairs whose folding is provably exact are touched: exact ``Conv2d``/``ConvTranspose2d``
-    and ``BatchNorm2d``/``SyncBatchNorm`` types, BN with running statistics, neither module shared
-    with another part of the model, conv weight not parametrised. Call it on a model in eval
-    mode (a folded model no longer normalises with batch statistics in train mode).
-
-    Args:
-        module: The model to rewrite.
-
-    Returns:
-        The number of BatchNorm layers folded (each replaced by ``nn.Identity``).
-    """
-    refcount: dict[int, int] = {}
-    for _, m in module.named_modules(remove_duplicate=False):
-        refcount[id(m)] = refcount.get(id(m), 0) + 1
-    folded = 0
-    # Materialise the list first: the loop replaces children of the containers it visits.
-    for parent in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
-        names = list(parent._modules)
-        for first, second in zip(names, names[1:]):
-            conv, bn = parent._modules[first], parent._modules[second]
-            if conv is not None and bn is not None and _can_fold(conv, bn, refcount):
-                parent._modules[first] = fuse_conv_bn(conv, bn)
-                parent._modules[second] = nn.Identity()
-                folded += 1
-    return folded
 
 
 def prefers_channels_last(device: torch.device) -> bool:

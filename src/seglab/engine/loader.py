@@ -7,6 +7,7 @@ of worker processes, sees exactly the batches the uninterrupted run would have s
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -56,10 +57,20 @@ class _SeededDataset(Dataset):
             return self.dataset[index]
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave Ctrl-C/SIGTERM to the main process, which stops gracefully and then closes them.
+
+    A terminal sends SIGINT to the whole process group; a worker dying of it would make the
+    main process fail mid-step instead of writing its resumable checkpoint.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _loader_kwargs(num_workers: int, pin_memory: bool) -> dict:
     kwargs: dict = {"num_workers": num_workers, "pin_memory": pin_memory}
     if num_workers > 0:
-        kwargs.update(persistent_workers=True, prefetch_factor=4)
+        kwargs.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_ignore_stop_signals)
     return kwargs
 
 

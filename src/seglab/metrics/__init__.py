@@ -10,7 +10,7 @@
 Example:
     >>> metrics = SegmentationMetrics(num_classes=11, ignore_index=11)
     >>> for images, masks in loader:
-    ...     metrics.update(logits_to_labels(model(images)["out"]), masks)
+    ...     metrics.update(logits_to_labels(model(images)), masks)
     >>> print(format_metrics_table(metrics.compute(), class_names))
 """
 

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..registry import register_model
 from .blocks import init_he
+from .segnet import VGG16_STAGES
 from .vgg import VGG16Backbone, load_vgg16_weights, make_fc_layers
 
 __all__ = ["DeepLabLargeFOV", "DeepLabV1Head", "deeplab_largefov", "deeplab_v1_backbone"]
@@ -48,11 +49,21 @@ __all__ = ["DeepLabLargeFOV", "DeepLabV1Head", "deeplab_largefov", "deeplab_v1_b
 _FC_WIDTH, _FC_DILATION = 1024, 12
 
 
-def deeplab_v1_backbone(in_channels: int = 3, dropout: float = 0.5) -> VGG16Backbone:
-    """VGG16 with DeepLab's pooling, dilated conv5 and the LargeFOV ``fc6``/``fc7`` (output stride 8)."""
+def deeplab_v1_backbone(
+    in_channels: int = 3,
+    dropout: float = 0.5,
+    *,
+    widths: Sequence[Sequence[int]] = VGG16_STAGES,
+    fc_width: int = _FC_WIDTH,
+) -> VGG16Backbone:
+    """VGG16 with DeepLab's pooling, dilated conv5 and the LargeFOV ``fc6``/``fc7`` (output stride 8).
+
+    ``widths``/``fc_width`` default to DeepLab's; narrower values give a cheap model of the same
+    geometry. Not initialised: :func:`deeplab_largefov` He-initialises the whole model.
+    """
     pools = [nn.MaxPool2d(3, 2, padding=1) for _ in range(3)] + [nn.MaxPool2d(3, 1, padding=1) for _ in range(2)]
-    fc = make_fc_layers(512, _FC_WIDTH, 3, padding=_FC_DILATION, dilation=_FC_DILATION, dropout=dropout)
-    return VGG16Backbone(in_channels, pools=pools, dilations=(1, 1, 1, 1, 2), fc=fc)
+    fc = make_fc_layers(widths[-1][-1], fc_width, 3, padding=_FC_DILATION, dilation=_FC_DILATION, dropout=dropout)
+    return VGG16Backbone(in_channels, pools=pools, dilations=(1, 1, 1, 1, 2), fc=fc, widths=widths)
 
 
 class DeepLabV1Head(nn.Module):

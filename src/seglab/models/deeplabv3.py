@@ -256,7 +256,8 @@ def deeplabv3plus_resnet50(num_classes: int, *, in_channels: int = 3, output_str
     """DeepLabv3+ with an atrous ResNet-50; low-level features from ``layer1`` (256 ch, stride 4).
 
     The 3x3 head conv of DeepLabv3 is replaced by the decoder. Options as for
-    :func:`deeplabv3_resnet50`. Parameters for K=21: see the lead's report / ``tests/test_deeplab.py``.
+    :func:`deeplabv3_resnet50`. Parameters for K=21: 40,351,925 (backbone 23,508,032, ASPP +
+    decoder + classifier 16,843,893).
     """
     return _deeplab_resnet(50, num_classes, True, in_channels, output_stride, pretrained_backbone, dropout)
 
@@ -267,6 +268,9 @@ def deeplabv3plus_xception65(num_classes: int, *, in_channels: int = 3, output_s
     """DeepLabv3+ with aligned Xception-65, separable ASPP and separable decoder (the paper's best).
 
     No pretrained backbone option: torchvision has no Xception weights. He initialisation.
+
+    Parameters for K=21: 41,055,157 (Xception-65 37,867,312, head 3,187,845), the ~41 M quoted
+    for DeepLabv3+ X-65; the TF model's BN in the image-pooling branch would add 256.
 
     Args:
         num_classes: Number of classes K.

@@ -40,14 +40,15 @@ from torch import Tensor, nn
 from ..registry import register_model
 from .blocks import init_he
 from .heads import bilinear_conv_transpose, crop_to, zero_init_
+from .segnet import VGG16_STAGES
 from .vgg import VGG16Backbone, load_vgg16_weights, make_fc_layers
 
-__all__ = ["FCN", "FCNHead", "FCN_INPUT_PADDING", "FCN_SKIPS", "fcn8s", "fcn16s", "fcn32s"]
+__all__ = ["FCN", "FCNHead", "FCN_INPUT_PADDING", "FCN_SKIPS", "fcn_backbone", "fcn8s", "fcn16s", "fcn32s"]
 
 #: Padding of ``conv1_1``; the crop offsets below are derived for it.
 FCN_INPUT_PADDING = 100
-#: Skip connections: backbone output index, channels and crop offset of the skip's score map.
-FCN_SKIPS: dict[str, tuple[int, int, int]] = {"pool4": (3, 512, 5), "pool3": (2, 256, 9)}
+#: Skip connections: backbone output index and crop offset of the skip's score map.
+FCN_SKIPS: dict[str, tuple[int, int]] = {"pool4": (3, 5), "pool3": (2, 9)}
 #: Per output stride: the skips used (deepest first) and the crop offset of the final upsampling.
 _VARIANTS: dict[int, tuple[tuple[str, ...], int]] = {32: ((), 19), 16: (("pool4",), 27), 8: (("pool4", "pool3"), 31)}
 
@@ -56,21 +57,24 @@ class FCNHead(nn.Module):
     """Scores, skip fusions and upsampling of FCN-``stride``s; the decoder of :class:`FCN`.
 
     Args:
-        in_channels: Channels of ``fc7``.
+        feature_channels: Channels of the backbone outputs (``pool1`` ... ``pool5``, ``fc7``).
         num_classes: Number of classes K.
         stride: 32, 16 or 8.
         learnable_upsampling: Learn the deconvolutions (``False`` fixes them at bilinear).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, stride: int, learnable_upsampling: bool = True) -> None:
+    def __init__(self, feature_channels: Sequence[int], num_classes: int, stride: int,
+                 learnable_upsampling: bool = True) -> None:
         super().__init__()
         if stride not in _VARIANTS:
             raise ValueError(f"FCN stride must be one of {sorted(_VARIANTS)}, got {stride}.")
         skips, self.final_offset = _VARIANTS[stride]
         self.skip_names = skips
-        self.score_fr = nn.Conv2d(in_channels, num_classes, 1)
+        self.score_fr = nn.Conv2d(feature_channels[-1], num_classes, 1)
         init_he(self.score_fr)
-        self.skip_scores = nn.ModuleList(zero_init_(nn.Conv2d(FCN_SKIPS[s][1], num_classes, 1)) for s in skips)
+        self.skip_scores = nn.ModuleList(
+            zero_init_(nn.Conv2d(feature_channels[FCN_SKIPS[s][0]], num_classes, 1)) for s in skips
+        )
         self.skip_upsamples = nn.ModuleList(
             bilinear_conv_transpose(num_classes, 2, learnable=learnable_upsampling) for _ in skips
         )
@@ -80,7 +84,7 @@ class FCNHead(nn.Module):
         """Logits of size ``size`` from the backbone outputs (``pool1`` ... ``pool5``, ``fc7``)."""
         x = self.score_fr(features[-1])
         for name, up, score in zip(self.skip_names, self.skip_upsamples, self.skip_scores):
-            index, _, offset = FCN_SKIPS[name]
+            index, offset = FCN_SKIPS[name]
             x = up(x)
             x = x + crop_to(score(features[index]), offset, x.shape)
         return crop_to(self.upscore(x), self.final_offset, size)
@@ -104,6 +108,24 @@ class FCN(nn.Module):
         return self.decoder(self.encoder(x), x.shape[-2:])
 
 
+def fcn_backbone(
+    in_channels: int = 3,
+    *,
+    dropout: float = 0.5,
+    widths: Sequence[Sequence[int]] = VGG16_STAGES,
+    fc_width: int = 4096,
+) -> VGG16Backbone:
+    """He-initialised VGG16 with ``conv1_1`` padded by 100 and ``fc6`` (7x7, unpadded) / ``fc7``.
+
+    ``widths``/``fc_width`` default to VGG16's; narrower values give a cheap model of the same
+    geometry (the tests use one to check the crop offsets).
+    """
+    fc = make_fc_layers(widths[-1][-1], fc_width, 7, dropout=dropout)
+    encoder = VGG16Backbone(in_channels, first_padding=FCN_INPUT_PADDING, fc=fc, widths=widths)
+    init_he(encoder)
+    return encoder
+
+
 def _build_fcn(
     num_classes: int,
     stride: int,
@@ -112,11 +134,10 @@ def _build_fcn(
     learnable_upsampling: bool,
     dropout: float,
 ) -> FCN:
-    encoder = VGG16Backbone(in_channels, first_padding=FCN_INPUT_PADDING, fc=make_fc_layers(dropout=dropout))
-    init_he(encoder)
+    encoder = fcn_backbone(in_channels, dropout=dropout)
     if pretrained_backbone is not None:
         load_vgg16_weights(encoder, pretrained_backbone, fc=encoder.fc)
-    return FCN(encoder, FCNHead(encoder.out_channels, num_classes, stride, learnable_upsampling))
+    return FCN(encoder, FCNHead(encoder.feature_channels, num_classes, stride, learnable_upsampling))
 
 
 _ARGS_DOC = """

@@ -69,6 +69,11 @@ class VGG16Backbone(nn.Module):
         dilations: Conv dilation per stage (padding follows, so the convs keep the size).
         first_padding: Padding of ``conv1_1`` (FCN uses 100).
         fc: ``fc6``/``fc7`` block from :func:`make_fc_layers`, applied after the last pool.
+        widths: Conv widths per stage; VGG16's by default (narrower ones make cheap test models
+            with the same geometry).
+
+    Attributes:
+        feature_channels: Channels of each output of :meth:`forward`.
     """
 
     def __init__(
@@ -80,16 +85,17 @@ class VGG16Backbone(nn.Module):
         dilations: Sequence[int] = (1, 1, 1, 1, 1),
         first_padding: int = 1,
         fc: nn.Sequential | None = None,
+        widths: Sequence[Sequence[int]] = VGG16_STAGES,
     ) -> None:
         super().__init__()
         if pools is None:
-            pools = [nn.MaxPool2d(2, 2, ceil_mode=True) for _ in VGG16_STAGES]
-        if len(pools) != len(VGG16_STAGES) or len(dilations) != len(VGG16_STAGES):
-            raise ValueError(f"VGG16 has {len(VGG16_STAGES)} stages: give one pool and one dilation per stage.")
+            pools = [nn.MaxPool2d(2, 2, ceil_mode=True) for _ in widths]
+        if not len(pools) == len(dilations) == len(widths):
+            raise ValueError(f"Got {len(widths)} stages: give one pool and one dilation per stage.")
         self.stages = nn.ModuleList()
-        for s, (widths, dilation) in enumerate(zip(VGG16_STAGES, dilations)):
+        for s, (stage_widths, dilation) in enumerate(zip(widths, dilations)):
             blocks = []
-            for b, width in enumerate(widths):
+            for b, width in enumerate(stage_widths):
                 # Convs keep their bias even before a norm layer so that torchvision weights load.
                 padding = first_padding if s == b == 0 else dilation
                 blocks.append(ConvNormAct(in_channels, width, 3, padding=padding, dilation=dilation, bias=True,
@@ -98,7 +104,10 @@ class VGG16Backbone(nn.Module):
             self.stages.append(nn.Sequential(*blocks))
         self.pools = nn.ModuleList(pools)
         self.fc = fc
-        self.out_channels = fc.out_channels if fc is not None else in_channels
+        self.feature_channels = [stage_widths[-1] for stage_widths in widths]
+        if fc is not None:
+            self.feature_channels.append(fc.out_channels)
+        self.out_channels = self.feature_channels[-1]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Pooled outputs of the five stages (``pool1`` ... ``pool5``), then ``fc7`` if there is ``fc``."""

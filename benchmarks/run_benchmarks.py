@@ -1,0 +1,62 @@
+"""Run seglab's standard benchmark set and write ``benchmarks/results/<name>.json``.
+
+The standard set: SegNet and SegNet-Basic at CamVid's 360x480, batch 1, 2 intra-op threads,
+against torchvision's FCN-ResNet50 and DeepLabv3-ResNet50 (random weights, 11 classes), on the
+``eager`` and ``fast`` paths (plus ONNX Runtime paths when :mod:`seglab.export` provides them),
+then full training steps of SegNet and SegNet-Basic (plain eager loop vs the trainer's
+settings). Results are small JSON files (no model files, no images).
+
+Usage:
+    python benchmarks/run_benchmarks.py                      # the standard set
+    python benchmarks/run_benchmarks.py --quick              # 1 warm-up, 3 repeats
+    python benchmarks/run_benchmarks.py --fastpath-study     # NCHW vs channels-last, malloc tuning
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from datetime import datetime
+from pathlib import Path
+
+from seglab.benchmark import format_table, run_benchmark
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SEGNETS = ["segnet", "segnet_basic"]
+PEERS = ["fcn_resnet50", "deeplabv3_resnet50"]
+SIZE = (360, 480)
+
+
+def _out(name: str) -> Path:
+    return RESULTS / f"{name}-{platform.node() or 'host'}-{datetime.now():%Y%m%d-%H%M%S}.json"
+
+
+def standard(warmup: int, repeats: int, threads: int) -> list[dict]:
+    """SegNets and peers at 360x480 batch 1 (inference), then SegNet training steps."""
+    rows = run_benchmark(SEGNETS + PEERS, [SIZE], [1], None, warmup, repeats, threads,
+                         json_out=_out("inference"), verbose=True)
+    rows += run_benchmark(SEGNETS, [SIZE], [1], [], warmup, repeats, threads, train_mode=True,
+                          json_out=_out("training"), train_paths=["train_eager", "train_engine"], verbose=True)
+    return rows
+
+
+def fastpath_study(warmup: int, repeats: int, threads: int) -> list[dict]:
+    """The measurements behind the fast path's defaults: memory format and malloc tuning."""
+    paths = ["eager", "fast_nchw", "fast_cl", "fast_nomallopt", "fast"]
+    return run_benchmark(SEGNETS, [SIZE], [1], paths, warmup, repeats, threads,
+                         json_out=_out("fastpath-study"), verbose=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 warm-up call and 3 timed calls per case")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    parser.add_argument("--fastpath-study", action="store_true", help="run the fast-path design study instead")
+    args = parser.parse_args()
+    warmup, repeats = (1, 3) if args.quick else (2, 10)
+    run = fastpath_study if args.fastpath_study else standard
+    print(format_table(run(warmup, repeats, args.threads)))
+
+
+if __name__ == "__main__":
+    main()

@@ -151,3 +151,32 @@ def test_schedules():
     cfg.schedule = "cosin"
     with pytest.raises(SeglabError, match="cosine"):
         lr_factor(20, 100, cfg, 10)
+
+
+def test_ctrl_c_in_a_terminal_with_loader_workers(tmp_path):
+    """SIGINT to the whole process group (what a terminal sends) still ends in a resumable checkpoint."""
+    import subprocess
+    import sys
+    import time
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model: {name: segnet_basic}\n"
+        "data: {dataset: synthetic, synthetic_train: 8, synthetic_val: 2, synthetic_size: [32, 48], num_workers: 1}\n"
+        "loss: {class_weights: none}\n"
+        f"train: {{epochs: 1000, batch_size: 4, out_dir: '{tmp_path}', run_name: ctrlc, progress: false, "
+        "val_every: 0, threads: 1}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "seglab.cli", "train", str(recipe)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    deadline = time.time() + 240
+    for line in proc.stdout:  # wait until a full epoch ran, so workers are up and last.pt exists
+        lines.append(line)
+        if line.startswith("epoch 2/") or time.time() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    text = "".join(lines) + out
+    assert proc.returncode == 130, text
+    assert "resumable checkpoint written" in text and "Traceback" not in text
+    assert "optimizer" in load_checkpoint(tmp_path / "ctrlc" / "last.pt")

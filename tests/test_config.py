@@ -14,8 +14,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_loads_and_round_trips(recipe):
+    from seglab.registry import list_models
+
     cfg = load_config(recipe)
     assert config_from_dict(config_to_dict(cfg)) == cfg
+    assert cfg.model.name in list_models()
 
 
 def test_overrides_are_typed():

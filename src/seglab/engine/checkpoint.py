@@ -73,7 +73,7 @@ def checkpoint_config(ckpt: dict[str, Any]) -> Config:
 def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
     """Rebuild the model recorded in ``ckpt`` and load its weights (no data or recipe needed)."""
     # The encoder's pretrained weights are already in the state dict: don't fetch them again.
-    kwargs = {k: v for k, v in ckpt["model_kwargs"].items() if k != "pretrained_encoder"}
+    kwargs = {k: v for k, v in ckpt["model_kwargs"].items() if k not in ("pretrained_encoder", "pretrained_backbone")}
     # Binary models have one output channel for two data classes.
     model = create_model(ckpt["model_name"], ckpt.get("model_num_classes", ckpt["num_classes"]), **kwargs)
     _load_weights(model, ckpt["model"], f"{ckpt['model_name']} ({ckpt['num_classes']} classes) from {path}")

@@ -159,7 +159,7 @@ _ARGS_DOC = """
 
 def _with_args_doc(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Append the arguments shared by the three FCN builders to ``fn``'s docstring."""
-    fn.__doc__ = (fn.__doc__ or "") + _ARGS_DOC
+    fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n" + _ARGS_DOC
     return fn
 
 
@@ -167,8 +167,7 @@ def _with_args_doc(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 @_with_args_doc
 def fcn32s(num_classes: int, *, in_channels: int = 3, pretrained_backbone: str | None = None,
            learnable_upsampling: bool = True, dropout: float = 0.5) -> nn.Module:
-    """FCN-32s: ``score_fr`` upsampled 32x by a 64x64 deconvolution (136,152,917 parameters for K=21).
-    """
+    """FCN-32s: ``score_fr`` upsampled 32x by a 64x64 deconvolution (136,152,917 parameters for K=21)."""
     return _build_fcn(num_classes, 32, in_channels, pretrained_backbone, learnable_upsampling, dropout)
 
 
@@ -176,8 +175,7 @@ def fcn32s(num_classes: int, *, in_channels: int = 3, pretrained_backbone: str |
 @_with_args_doc
 def fcn16s(num_classes: int, *, in_channels: int = 3, pretrained_backbone: str | None = None,
            learnable_upsampling: bool = True, dropout: float = 0.5) -> nn.Module:
-    """FCN-16s: 2x upsampled scores + ``score_pool4``, then a 32x32 stride-16 deconvolution.
-    """
+    """FCN-16s: 2x upsampled scores + ``score_pool4``, then a 32x32 stride-16 deconvolution (134,815,994 for K=21)."""
     return _build_fcn(num_classes, 16, in_channels, pretrained_backbone, learnable_upsampling, dropout)
 
 
@@ -189,6 +187,5 @@ def fcn8s(num_classes: int, *, in_channels: int = 3, pretrained_backbone: str | 
 
     134,489,759 parameters for K=21: the paper's "134M" of FCN-VGG16 (Table 1) is the converted
     VGG16 up to ``score_fr`` (134,346,581); the two skip scores add 16,170 and the three
-    21x21-channel deconvolutions 127,008.
-    """
+    21x21-channel deconvolutions 127,008."""
     return _build_fcn(num_classes, 8, in_channels, pretrained_backbone, learnable_upsampling, dropout)

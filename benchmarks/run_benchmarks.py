@@ -23,7 +23,7 @@ from seglab.benchmark import format_table, run_benchmark
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEGNETS = ["segnet", "segnet_basic"]
-PEERS = ["fcn_resnet50", "deeplabv3_resnet50"]
+PEERS = ["tv_fcn_resnet50", "tv_deeplabv3_resnet50"]
 SIZE = (360, 480)
 
 

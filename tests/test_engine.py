@@ -180,3 +180,19 @@ def test_ctrl_c_in_a_terminal_with_loader_workers(tmp_path):
     assert proc.returncode == 130, text
     assert "resumable checkpoint written" in text and "Traceback" not in text
     assert "optimizer" in load_checkpoint(tmp_path / "ctrlc" / "last.pt")
+
+
+def test_tiled_prediction_matches_whole_image(tmp_path):
+    # A pointwise model is translation-equivariant, so tiling must not change its logits at all.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 1))
+    args = dict(num_classes=4, class_names=list("abcd"), palette=[(0, 0, 0)] * 4, mean=[0.5] * 3, std=[0.25] * 3,
+                device="cpu")
+    image = (torch.rand(70, 90, 3) * 255).byte().numpy()
+    whole = Segmenter(model, **args).predict_logits(image)
+    tiled = Segmenter(model, tile=(32, 48), tile_overlap=8, **args).predict_logits(image)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
+
+    result = train(tiny_config(tmp_path, epochs=1))
+    seg = Segmenter.from_checkpoint(result.best_checkpoint, device="cpu", tile=(48, 64), tile_overlap=16)
+    assert seg.predict(image).shape == (70, 90)

@@ -32,8 +32,9 @@ from torch import nn
 __all__ = ["PEER_MODELS", "RESULT_MARKER", "build_model", "main", "measure_conv_peak", "run_case"]
 
 RESULT_MARKER = "SEGLAB_BENCHMARK_RESULT "
-#: torchvision models benchmarked as peers (random weights; the ``out`` head only).
-PEER_MODELS: tuple[str, ...] = ("fcn_resnet50", "deeplabv3_resnet50")
+#: torchvision models benchmarked as peers (random weights, no auxiliary head; the ``out`` tensor).
+#: Prefixed ``tv_`` because seglab registers its own ``deeplabv3_resnet50``.
+PEER_MODELS: tuple[str, ...] = ("tv_fcn_resnet50", "tv_deeplabv3_resnet50")
 
 
 class _OutOnly(nn.Module):
@@ -52,7 +53,8 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     if name in PEER_MODELS:
         import torchvision.models.segmentation as tvseg
 
-        return _OutOnly(getattr(tvseg, name)(weights=None, weights_backbone=None, num_classes=num_classes))
+        builder = getattr(tvseg, name.removeprefix("tv_"))
+        return _OutOnly(builder(weights=None, weights_backbone=None, num_classes=num_classes))
     from .registry import create_model
 
     return create_model(name, num_classes=num_classes)

@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask")
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"),
+                    help="overlap-tile inference with mirror padding (automatic for unet_valid)")
+    pr.add_argument("--tile-overlap", type=int, default=32)
     pr.add_argument("--mc-samples", type=int, default=0,
                     help="Monte-Carlo dropout samples (Bayesian models): also writes uncertainty heat maps")
 
@@ -115,7 +118,8 @@ def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     from .predict import predict_to_files
 
     _no_extra(extra)
-    seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device)
+    seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile,
+                                    tile_overlap=args.tile_overlap)
     files = predict_to_files(seg, args.inputs, args.out, args.alpha, mc_samples=args.mc_samples)
     print(f"seglab: wrote {len(files)} files to {args.out}")
     return 0

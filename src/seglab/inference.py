@@ -21,6 +21,7 @@ from .engine.checkpoint import load_checkpoint, model_from_checkpoint
 from .engine.evaluate import forward_at_size
 from .engine.runtime import autocast, resolve_amp, select_device
 from .errors import SeglabError
+from .tiling import predict_tiled
 
 __all__ = ["Segmenter"]
 
@@ -43,6 +44,9 @@ class Segmenter:
         amp: str = "none",
         ignore_index: int | None = None,
         model_name: str = "model",
+        tile: Sequence[int] | None = None,
+        tile_overlap: int = 32,
+        model_out_channels: int | None = None,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.model = model.to(self.device).eval()
@@ -51,19 +55,33 @@ class Segmenter:
         self.palette = [tuple(int(v) for v in c) for c in palette]
         self.ignore_index = ignore_index
         self.model_name = model_name
+        self.model_out_channels = model_out_channels or num_classes  # 1 for binary sigmoid heads
+        # Overlap-tile inference: always for valid-convolution models (their output is smaller
+        # than their input), on request for every other model.
+        self.valid_model = getattr(self.model, "output_size", None)
+        if tile is None and self.valid_model is not None:
+            tile = (572, 572)
+        self.tile = tuple(tile) if tile else None
+        self.tile_overlap = tile_overlap
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.infer_size = list(infer_size) if infer_size else None
         self.amp_dtype = resolve_amp(amp, self.device)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "none") -> "Segmenter":
-        """Rebuild model, classes, palette and normalisation from a seglab checkpoint."""
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "none",
+                        tile: Sequence[int] | None = None, tile_overlap: int = 32) -> "Segmenter":
+        """Rebuild model, classes, palette and normalisation from a seglab checkpoint.
+
+        ``tile`` (h, w) switches on overlap-tile inference with mirror padding and Gaussian
+        blending of ``tile_overlap`` pixels, for images larger than memory allows.
+        """
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, path)
         return cls(model, ckpt["num_classes"], ckpt["class_names"], ckpt["palette"], ckpt["mean"], ckpt["std"],
                    infer_size=ckpt.get("image_size"), device=device, amp=amp, ignore_index=ckpt.get("ignore_index"),
-                   model_name=ckpt["model_name"])
+                   model_name=ckpt["model_name"], tile=tile, tile_overlap=tile_overlap,
+                   model_out_channels=ckpt.get("model_num_classes"))
 
     # ------------------------------------------------------------------ input
     @staticmethod
@@ -93,8 +111,13 @@ class Segmenter:
         """Logits ``C x H x W`` (float32, CPU) at the image's own size."""
         x = self._to_tensor(self.load(image)).to(self.device)
         with autocast(self.device, self.amp_dtype):
-            logits = forward_at_size(self.model, x, self.infer_size)
+            if self.tile is None:
+                logits = forward_at_size(self.model, x, self.infer_size)
+            else:
+                logits = predict_tiled(self.model, x, self.model_out_channels, self.tile, self.tile_overlap,
+                                       valid_model=self.valid_model)
         return logits[0].float().cpu()
+
 
     def predict_proba(self, image: ImageLike) -> np.ndarray:
         """Class probabilities ``C x H x W`` (softmax; sigmoid for one-channel binary models)."""

@@ -36,6 +36,9 @@ def atomic_write(path: str | Path, write_fn) -> None:
         write_fn(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give them normal permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

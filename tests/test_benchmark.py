@@ -32,10 +32,13 @@ def test_end_to_end_tiny_run(tmp_path) -> None:
             assert row[key] > 0 and math.isfinite(row[key]), key
         assert row["min_ms"] <= row["median_ms"]
         assert row["peak_mem_mb"] >= 0
-        # 4 pools of 64 channels on 16x24, 8x12, 4x6, 2x3 windows, batch 2, int64 indices
+        # 4 pools of 64 channels on 16x24, 8x12, 4x6, 2x3 windows, batch 2
         pooled = 2 * 64 * (16 * 24 + 8 * 12 + 4 * 6 + 2 * 3)
-        assert row["pool_index_stored_mb"] == pytest.approx(pooled * 8 / 2**20)
+        packed = 2 * 64 * (16 * 6 + 8 * 3 + 4 * 2 + 2 * 1)  # ceil(width / 4) bytes per row
+        assert row["pool_index_int64_mb"] == pytest.approx(pooled * 8 / 2**20)
         assert row["pool_index_uint8_mb"] == pytest.approx(pooled / 2**20)
+        assert row["pool_index_packed_mb"] == pytest.approx(packed / 2**20)
+        assert row["pool_index_format"] in ("int64", "uint8", "packed")
     assert rows[2]["gflops"] > 2 * rows[0]["gflops"]  # a training step also runs the backward pass
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(rows))
@@ -49,8 +52,8 @@ def _fake_child(case: dict, env: dict | None = None) -> dict:
         return {"peak_gflops_per_s": 100.0}
     if case["model"] == "segnet":
         raise RuntimeError("benchmark process exited with 1: boom")
-    return {"times_s": [0.4, 0.1, 0.2], "peak_mem_mb": 12.5, "gflops": 10.0, "pool_index_stored_mb": 0.0,
-            "pool_index_uint8_mb": 0.0, "pool_index_packed_mb": 0.0, "env": env}
+    return {"times_s": [0.4, 0.1, 0.2], "peak_mem_mb": 12.5, "gflops": 10.0, "pool_index_format": None,
+            "pool_index_int64_mb": 0.0, "pool_index_uint8_mb": 0.0, "pool_index_packed_mb": 0.0}
 
 
 def test_rows_bookkeeping_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,7 +64,7 @@ def test_rows_bookkeeping_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     assert peer["median_ms"] == pytest.approx(200.0) and peer["min_ms"] == pytest.approx(100.0)
     assert peer["images_per_s"] == pytest.approx(20.0)
     assert peer["gflops_per_s"] == pytest.approx(200.0) and peer["peak_pct"] == pytest.approx(200.0)
-    assert peer["pool_index_stored_mb"] is None  # no pooling indices: shown as "-"
+    assert peer["pool_index_int64_mb"] is None and peer["pool_index_format"] is None  # shown as "-"
     assert failed["status"] == "error" and "boom" in failed["note"] and failed["median_ms"] is None
     table = format_table(rows)
     assert "tv_fcn_resnet50" in table and "segnet" in table and "boom" in table

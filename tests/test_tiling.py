@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,15 @@ from seglab.registry import create_model
 from seglab.tiling import blend_window, mirror_pad, predict_tiled
 
 K = 3
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    """One intra-op thread: on a loaded 2-core machine two threads per op mostly wait on each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _pointwise() -> nn.Module:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -10,6 +12,15 @@ from seglab.errors import SeglabError
 from seglab.models import count_parameters
 from seglab.models.unet import nearest_valid_sizes, output_size, valid_input_size
 from seglab.registry import create_model
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    """One intra-op thread: on a loaded 2-core machine two threads per op mostly wait on each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _unet_params_by_hand(in_channels: int, num_classes: int, base: int = 64, depth: int = 4) -> int:

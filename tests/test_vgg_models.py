@@ -80,12 +80,12 @@ def test_big_models_are_input_sized_for_any_size(name: str) -> None:
 
 @pytest.mark.parametrize(("name", "classes"), [("fcn_basic", 11), ("segnet_lite", 1), ("segnet_lite", 4)])
 def test_small_models_at_odd_size(name: str, classes: int) -> None:
+    # Gradients at an odd size (33x47) are covered by the contract test in test_models.py.
     torch.manual_seed(0)
-    model = create_model(name, num_classes=classes)
-    out = model(torch.randn(2, 3, 97, 131))
-    assert out.shape == (2, classes, 97, 131)
-    out.square().mean().backward()
-    assert all(p.grad is not None for p in model.parameters())
+    model = create_model(name, num_classes=classes).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 97, 131))
+    assert out.shape == (1, classes, 97, 131) and torch.isfinite(out).all()
 
 
 def test_segnet_lite_binary_output_gives_binary_labels() -> None:
@@ -219,10 +219,12 @@ def test_other_state_dict_is_rejected_naming_the_file(tmp_path: Path) -> None:
         create_model("deeplab_largefov", num_classes=3, pretrained_backbone=str(path))
 
 
-def test_features_only_state_dict_is_rejected_when_fc_is_needed(tmp_path: Path) -> None:
+def test_features_only_state_dict_is_rejected_when_fc_is_needed(
+    vgg16_file: tuple[dict[str, torch.Tensor], Path], tmp_path: Path
+) -> None:
     backbone = VGG16Backbone(fc=make_fc_layers(kernel_size=1, width=8))
     path = tmp_path / "features.pth"
-    torch.save({f"features.{k}": v for k, v in torchvision.models.vgg16().features.state_dict().items()}, path)
+    torch.save({k: v for k, v in vgg16_file[0].items() if k.startswith("features.")}, path)
     with pytest.raises(SeglabError, match=r"features\.pth.*missing keys: classifier\.0\.weight"):
         load_vgg16_weights(backbone, path, fc=backbone.fc)
     load_vgg16_weights(backbone, path)  # convs alone load fine

@@ -11,10 +11,10 @@ method) and reports one row per case with the keys in :data:`ROW_KEYS`:
   training rows the forward+backward of one step, counted the same way); ``gflops_per_s`` =
   gflops x images/s; ``peak_pct`` = that as a percentage of the conv peak.
 * ``peak_mem_mb``: resident-memory growth over the calls (CUDA: allocated-memory peak).
-* ``pool_index_stored_mb``: the max-pool indices SegNet-family models keep for the decoder, as
-  the model stores them (int64 flat indices by default); ``pool_index_uint8_mb`` and
-  ``pool_index_packed_mb``: the same as SegNet's 2-bit window codes, one per byte or four per byte
-  (:mod:`seglab.models.compact_pool`). None for models without pooling indices.
+* ``pool_index_int64_mb`` / ``pool_index_uint8_mb`` / ``pool_index_packed_mb``: memory of the
+  max-pool indices SegNet-family models keep for the decoder, as PyTorch's int64 flat indices and
+  as SegNet's 2-bit window codes one or four per byte (:mod:`seglab.models.compact_pool`);
+  ``pool_index_format`` says which one the model actually uses. None without pooling indices.
 
 Inference paths: ``eager`` (``model.eval()`` + ``torch.no_grad``), ``fast``
 (:func:`seglab.fastpath.optimize_for_inference` defaults), the variants ``fast_nchw``,
@@ -54,7 +54,8 @@ DEFAULT_MODELS: tuple[str, ...] = ("segnet", "segnet_basic", *PEER_MODELS)
 INFERENCE_PATHS: tuple[str, ...] = ("eager", "fast", "fast_nchw", "fast_cl", "fast_bf16", "fast_compile",
                                     "fast_nomallopt", "onnxruntime", "quantized")
 TRAIN_PATHS: tuple[str, ...] = ("train_eager", "train_engine", "train_engine_mallopt")
-_INDEX_KEYS: tuple[str, ...] = ("pool_index_stored_mb", "pool_index_uint8_mb", "pool_index_packed_mb")
+_INDEX_KEYS: tuple[str, ...] = ("pool_index_format", "pool_index_int64_mb", "pool_index_uint8_mb",
+                                "pool_index_packed_mb")
 ROW_KEYS: tuple[str, ...] = ("model", "mode", "path", "height", "width", "batch", "threads", "device", "status",
                              "median_ms", "min_ms", "images_per_s", "gflops", "gflops_per_s", "peak_pct",
                              "peak_mem_mb", *_INDEX_KEYS, "note")
@@ -227,8 +228,9 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("model", "model", "s"), ("mode", "mode", "s"), ("path", "path", "s"), ("size", "size", "s"),
     ("batch", "batch", "d"), ("median_ms", "median ms", ".1f"), ("min_ms", "min ms", ".1f"),
     ("images_per_s", "img/s", ".2f"), ("gflops", "GFLOPs", ".1f"), ("gflops_per_s", "GFLOP/s", ".1f"),
-    ("peak_pct", "% peak", ".0f"), ("peak_mem_mb", "mem MB", ".0f"), ("pool_index_stored_mb", "idx MB", ".1f"),
-    ("pool_index_uint8_mb", "idx u8 MB", ".2f"), ("pool_index_packed_mb", "idx 2b MB", ".2f"), ("note", "note", "s"),
+    ("peak_pct", "% peak", ".0f"), ("peak_mem_mb", "mem MB", ".0f"), ("pool_index_format", "idx fmt", "s"),
+    ("pool_index_int64_mb", "idx i64 MB", ".1f"), ("pool_index_uint8_mb", "idx u8 MB", ".2f"),
+    ("pool_index_packed_mb", "idx 2b MB", ".2f"), ("note", "note", "s"),
 )
 
 

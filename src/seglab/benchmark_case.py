@@ -120,23 +120,23 @@ def _time_calls(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.
     return times, mem.mib
 
 
-def _static_stats(model: nn.Module, size: tuple[int, int]) -> tuple[dict[str, int], float]:
-    """Bytes of the max-pool indices of a 1-image forward, and its GFLOPs.
+def _static_stats(model: nn.Module, size: tuple[int, int]) -> tuple[dict[str, Any], float]:
+    """Max-pool index memory of a 1-image forward, and its GFLOPs.
 
     Runs :func:`count_gflops` (one forward) with hooks on every index-returning pool. Returns
-    ``{"stored": bytes as the model stores them, "uint8": as SegNet 2-bit codes one per byte,
-    "packed": four codes per byte}``, all 0 for models without pooling indices.
+    ``{"format": how the model stores indices (int64 | uint8 | packed, None without indices),
+    "int64" / "uint8" / "packed": bytes in each format}`` (:func:`code_bytes`).
     """
     from .models import count_gflops
     from .models.compact_pool import CodeMaxPool2d, code_bytes
 
-    sizes = {"stored": 0, "uint8": 0, "packed": 0}
+    stats: dict[str, Any] = {"format": None, "int64": 0, "uint8": 0, "packed": 0}
 
     def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-        pooled, indices = output
-        sizes["stored"] += indices.numel() * indices.element_size()
-        sizes["uint8"] += code_bytes(pooled.shape, "uint8")
-        sizes["packed"] += code_bytes(pooled.shape, "packed")
+        pooled, _ = output
+        stats["format"] = "int64" if not isinstance(module, CodeMaxPool2d) else "packed" if module.packed else "uint8"
+        for fmt in ("int64", "uint8", "packed"):
+            stats[fmt] += code_bytes(pooled.shape, fmt)
 
     pools = [m for m in model.modules()
              if isinstance(m, CodeMaxPool2d) or (isinstance(m, nn.MaxPool2d) and m.return_indices)]
@@ -146,7 +146,7 @@ def _static_stats(model: nn.Module, size: tuple[int, int]) -> tuple[dict[str, in
     finally:
         for h in handles:
             h.remove()
-    return sizes, gflops
+    return stats, gflops
 
 
 def _onnx_fn(case: dict[str, Any], model: nn.Module, x: torch.Tensor, quantized: bool) -> Callable[[], Any]:
@@ -239,7 +239,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(case["device"])
     h, w, batch = case["height"], case["width"], case["batch"]
     model = build_model(case["model"], case["num_classes"]).to(device)
-    index_bytes, gflops = _static_stats(model, (h, w))
+    index_stats, gflops = _static_stats(model, (h, w))
     x = torch.randn(batch, 3, h, w, device=device)
     if case["mode"] == "train":
         fn = _train_fn(case, model, x)
@@ -248,7 +248,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         fn = _inference_fn(case, model, x)
     times, peak_mib = _time_calls(fn, case["warmup"], case["repeats"], device)
     return {"times_s": times, "peak_mem_mb": peak_mib, "gflops": gflops, "threads_used": torch.get_num_threads(),
-            **{f"pool_index_{k}_mb": batch * v / 2**20 for k, v in index_bytes.items()}}
+            "pool_index_format": index_stats.pop("format"),
+            **{f"pool_index_{k}_mb": batch * v / 2**20 for k, v in index_stats.items()}}
 
 
 def measure_conv_peak(threads: int, repeats: int = 5, device: str = "cpu") -> dict[str, Any]:

@@ -109,7 +109,8 @@ def export_onnx(
         second_size: A second ``(H, W)`` the file must run at; default an odd size near
             ``input_size`` (ignored when ``dynamic_hw`` is false).
         metadata: Overrides for the embedded metadata (``model_name``, ``num_classes``,
-            ``class_names``, ``palette``, ``mean``, ``std``, ``image_size``, ``ignore_index``).
+            ``class_names``, ``palette``, ``mean``, ``std``, ``image_size``, ``ignore_index``);
+            ``model_out_channels`` is always taken from the model's output.
         min_agreement: Least argmax agreement (percent) accepted at every checked size.
         verbose: Print the report.
 
@@ -205,6 +206,7 @@ def _load_source(source: str | Path | nn.Module, overrides: dict[str, Any] | Non
         model = model_from_checkpoint(ckpt, source)
         keys = ("model_name", "num_classes", "class_names", "palette", "mean", "std", "image_size", "ignore_index")
         meta = {k: ckpt.get(k) for k in keys}
+        meta["model_out_channels"] = ckpt.get("model_num_classes")  # 1 for binary sigmoid heads
     meta.update(overrides or {})
     return model, meta
 
@@ -219,9 +221,10 @@ def _complete_metadata(meta: dict[str, Any], model: nn.Module, example: torch.Te
         raise SeglabError(f"Model {name!r} fails on a {tuple(example.shape)} input before export: {e}") from e
     if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[-2:] != example.shape[-2:]:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise SeglabError(f"Model {name!r} cannot be exported: it must return N x K x H x W logits, got {got}.")
+        raise SeglabError(f"Model {name!r} cannot be exported: it must return N x K x H x W logits at the input "
+                          f"size (valid-convolution models are not supported), got {got} for {tuple(example.shape)}.")
     num_classes = meta.get("num_classes") or int(out.shape[1])
-    meta = {"format": ONNX_FORMAT, **meta, "num_classes": num_classes}
+    meta = {"format": ONNX_FORMAT, **meta, "num_classes": num_classes, "model_out_channels": int(out.shape[1])}
     meta["class_names"] = list(meta.get("class_names") or [f"class_{i}" for i in range(num_classes)])
     meta["palette"] = [list(map(int, c)) for c in (meta.get("palette") or default_palette(num_classes))]
     meta["image_size"] = list(meta["image_size"]) if meta.get("image_size") else None

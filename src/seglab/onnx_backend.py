@@ -31,6 +31,7 @@ from .engine.evaluate import forward_at_size
 from .errors import SeglabError
 from .export import METADATA_KEY, Parity, read_onnx_metadata
 from .inference import ImageLike, Segmenter
+from .tiling import predict_tiled
 
 __all__ = ["OnnxSegmenter", "QuantizeReport", "quantize_onnx"]
 
@@ -58,9 +59,12 @@ class OnnxSegmenter:
         path: ``.onnx`` file written by :func:`seglab.export.export_onnx` (or :func:`quantize_onnx`).
         threads: Intra-op threads; default all CPUs this process may use.
         providers: onnxruntime execution providers; default CPU.
+        tile: ``(h, w)`` for overlap-tile inference (as ``Segmenter``); ``None`` for whole images.
+        tile_overlap: Pixels shared by neighbouring tiles.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
+                 tile: Sequence[int] | None = None, tile_overlap: int = 32) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -73,6 +77,7 @@ class OnnxSegmenter:
         self.metadata = meta
         self.model_name: str = meta["model_name"]
         self.num_classes: int = int(meta["num_classes"])
+        self.model_out_channels: int = int(meta.get("model_out_channels") or self.num_classes)
         self.class_names = list(meta["class_names"])
         self.palette = [tuple(int(v) for v in c) for c in meta["palette"]]
         self.ignore_index = meta.get("ignore_index")
@@ -81,12 +86,18 @@ class OnnxSegmenter:
         # A file with fixed height/width can only run at the size it was exported at.
         size = meta.get("image_size") if meta.get("dynamic_hw", True) else meta.get("export_size")
         self.infer_size = list(size) if size else None
+        self.tile = tuple(tile) if tile else None
+        if self.tile and not meta.get("dynamic_hw", True) and list(self.tile) != meta.get("export_size"):
+            raise SeglabError(f"{str(self.path)!r} was exported for {meta.get('export_size')} inputs only; use that "
+                              "tile size or re-export with dynamic height/width.")
+        self.tile_overlap = tile_overlap
         self.input_name = self.session.get_inputs()[0].name
 
     @classmethod
-    def from_onnx(cls, path: str | Path, threads: int | None = None) -> "OnnxSegmenter":
+    def from_onnx(cls, path: str | Path, threads: int | None = None, tile: Sequence[int] | None = None,
+                  tile_overlap: int = 32) -> "OnnxSegmenter":
         """Same as the constructor; mirrors ``Segmenter.from_checkpoint``."""
-        return cls(path, threads=threads)
+        return cls(path, threads=threads, tile=tile, tile_overlap=tile_overlap)
 
     load = staticmethod(Segmenter.load)
 
@@ -103,8 +114,13 @@ class OnnxSegmenter:
 
     def predict_logits(self, image: ImageLike) -> torch.Tensor:
         """Logits ``C x H x W`` (float32) at the image's own size."""
+        x = self.preprocess(image)
         with torch.inference_mode():
-            return forward_at_size(self.run, self.preprocess(image), self.infer_size)[0].float()
+            if self.tile is None:
+                logits = forward_at_size(self.run, x, self.infer_size)
+            else:
+                logits = predict_tiled(self.run, x, self.model_out_channels, self.tile, self.tile_overlap)
+        return logits[0].float()
 
     def predict_proba(self, image: ImageLike) -> np.ndarray:
         """Class probabilities ``C x H x W`` (softmax; sigmoid for one-channel binary models)."""

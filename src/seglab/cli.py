@@ -53,11 +53,35 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask")
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                    help="onnxruntime takes a .onnx file written by `seglab export` instead of a checkpoint")
+    pr.add_argument("--no-fast", action="store_true", help="plain eager model instead of the inference fast path")
     pr.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"),
                     help="overlap-tile inference with mirror padding (automatic for unet_valid)")
     pr.add_argument("--tile-overlap", type=int, default=32)
     pr.add_argument("--mc-samples", type=int, default=0,
                     help="Monte-Carlo dropout samples (Bayesian models): also writes uncertainty heat maps")
+
+    x = add("export", "Export a checkpoint to ONNX, check parity with PyTorch, optionally quantize to int8.",
+            "seglab export runs/camvid/best.pt --format onnx --out segnet.onnx --int8 --data.root ../shared/data/camvid")
+    x.add_argument("checkpoint")
+    x.add_argument("--format", choices=("onnx",), default="onnx")
+    x.add_argument("--out", help="output file (default: the checkpoint's name with .onnx)")
+    x.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="example input size")
+    x.add_argument("--int8", action="store_true", help="also write an int8 (static, QDQ) model calibrated on training images")
+    x.add_argument("--calibration-images", type=int, default=16)
+
+    b = add("benchmark", "Time models and execution paths in one run (latency, images/s, GFLOP/s, memory).",
+            "seglab benchmark --models segnet segnet_basic --sizes 360 480 --json bench.json")
+    b.add_argument("--models", nargs="*", help="registered model names (default: the standard set)")
+    b.add_argument("--sizes", type=int, nargs="+", default=[360, 480], metavar="H W", help="pairs of H W")
+    b.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
+    b.add_argument("--paths", nargs="*", help="execution paths, e.g. eager fast onnxruntime quantized")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--threads", type=int)
+    b.add_argument("--train", action="store_true", help="time the training step instead of inference")
+    b.add_argument("--json", help="write the rows as JSON")
 
     m = add("models", "List registered models with parameter counts and GFLOPs.", "seglab models --size 360 480")
     m.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
@@ -114,14 +138,51 @@ def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
-    from .inference import Segmenter
     from .predict import predict_to_files
 
     _no_extra(extra)
-    seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile,
-                                    tile_overlap=args.tile_overlap)
+    if args.backend == "onnxruntime":
+        if args.mc_samples:
+            raise SeglabError("--mc-samples needs the torch backend (dropout must sample at run time).")
+        from .onnx_backend import OnnxSegmenter
+
+        seg = OnnxSegmenter(args.checkpoint, tile=args.tile, tile_overlap=args.tile_overlap)
+    else:
+        from .inference import Segmenter
+
+        seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile,
+                                        tile_overlap=args.tile_overlap, fast=not args.no_fast)
     files = predict_to_files(seg, args.inputs, args.out, args.alpha, mc_samples=args.mc_samples)
     print(f"seglab: wrote {len(files)} files to {args.out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
+    from .export import export_onnx
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    export_onnx(args.checkpoint, out, input_size=args.input_size)  # prints its parity report
+    if args.int8:
+        from .onnx_backend import quantize_onnx
+        from .quantize_data import calibration_images
+
+        images = calibration_images(args.checkpoint, extra, args.calibration_images)
+        quantize_onnx(out, out.with_name(out.stem + "_int8.onnx"), images)  # prints its agreement with fp32
+    else:
+        _no_extra(extra)
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace, extra: list[str]) -> int:
+    from .benchmark import format_table, run_benchmark
+
+    _no_extra(extra)
+    if len(args.sizes) % 2:
+        raise SeglabError("--sizes takes pairs of H W, e.g. --sizes 360 480 180 240.")
+    sizes = [tuple(args.sizes[i:i + 2]) for i in range(0, len(args.sizes), 2)]
+    rows = run_benchmark(args.models or None, sizes, args.batch_sizes, args.paths or None, args.warmup, args.repeats,
+                         args.threads, train_mode=args.train, json_out=args.json)
+    print(format_table(rows))
     return 0
 
 
@@ -163,7 +224,8 @@ def _no_extra(extra: list[str]) -> None:
         raise SeglabError(f"Unrecognised arguments: {' '.join(extra)}. See --help.")
 
 
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "models": _cmd_models,
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "export": _cmd_export,
+            "benchmark": _cmd_benchmark, "models": _cmd_models,
             "data": _cmd_data, "quickstart": _cmd_quickstart}
 
 

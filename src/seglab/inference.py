@@ -21,6 +21,7 @@ from .engine.checkpoint import load_checkpoint, model_from_checkpoint
 from .engine.evaluate import forward_at_size
 from .engine.runtime import autocast, resolve_amp, select_device
 from .errors import SeglabError
+from .fastpath import optimize_for_inference
 from .tiling import predict_tiled
 
 __all__ = ["Segmenter"]
@@ -47,9 +48,13 @@ class Segmenter:
         tile: Sequence[int] | None = None,
         tile_overlap: int = 32,
         model_out_channels: int | None = None,
+        fast: bool = True,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.model = model.to(self.device).eval()
+        # The fast path (folded BN, inference mode, tuned threads/allocator) serves plain
+        # predictions; Monte-Carlo dropout keeps using the unfused model, whose dropout can sample.
+        self.forward_model = optimize_for_inference(self.model) if fast else self.model
         self.num_classes = num_classes
         self.class_names = list(class_names)
         self.palette = [tuple(int(v) for v in c) for c in palette]
@@ -70,7 +75,7 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "none",
-                        tile: Sequence[int] | None = None, tile_overlap: int = 32) -> "Segmenter":
+                        tile: Sequence[int] | None = None, tile_overlap: int = 32, fast: bool = True) -> "Segmenter":
         """Rebuild model, classes, palette and normalisation from a seglab checkpoint.
 
         ``tile`` (h, w) switches on overlap-tile inference with mirror padding and Gaussian
@@ -81,7 +86,7 @@ class Segmenter:
         return cls(model, ckpt["num_classes"], ckpt["class_names"], ckpt["palette"], ckpt["mean"], ckpt["std"],
                    infer_size=ckpt.get("image_size"), device=device, amp=amp, ignore_index=ckpt.get("ignore_index"),
                    model_name=ckpt["model_name"], tile=tile, tile_overlap=tile_overlap,
-                   model_out_channels=ckpt.get("model_num_classes"))
+                   model_out_channels=ckpt.get("model_num_classes"), fast=fast)
 
     # ------------------------------------------------------------------ input
     @staticmethod
@@ -112,9 +117,9 @@ class Segmenter:
         x = self._to_tensor(self.load(image)).to(self.device)
         with autocast(self.device, self.amp_dtype):
             if self.tile is None:
-                logits = forward_at_size(self.model, x, self.infer_size)
+                logits = forward_at_size(self.forward_model, x, self.infer_size)
             else:
-                logits = predict_tiled(self.model, x, self.model_out_channels, self.tile, self.tile_overlap,
+                logits = predict_tiled(self.forward_model, x, self.model_out_channels, self.tile, self.tile_overlap,
                                        valid_model=self.valid_model)
         return logits[0].float().cpu()
 

@@ -72,12 +72,16 @@ def pool_with_codes(x: Tensor) -> tuple[Tensor, Tensor]:
         with ``max_pool2d``.
     """
     height, width = x.shape[-2], x.shape[-1]
+    rows, cols = (height + 1) // 2, (width + 1) // 2
     # -inf padding makes odd sizes even without ever winning: a window's top-left pixel is always
     # inside the image and is checked first, so a padded pixel can only tie, and ties keep it out.
     if _shapes_symbolic() or height % 2 or width % 2:
-        x = F.pad(x, (0, width % 2, 0, height % 2), value=float("-inf"))
-    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
-    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+        x = F.pad(x, (0, 2 * cols - width, 0, 2 * rows - height), value=float("-inf"))
+    # (..., 2h, 2w) -> (..., h, dy, w, dx): exact window views whose sizes stay simple symbols
+    # under export (strided slicing of a padded size would need parity reasoning).
+    windows = x.unflatten(-1, (cols, 2)).unflatten(-3, (rows, 2))
+    a, b = windows[..., 0, :, 0], windows[..., 0, :, 1]
+    c, d = windows[..., 1, :, 0], windows[..., 1, :, 1]
     # Pairwise decisions in scan order: within each row, then top row against bottom row.
     # `where` (not `maximum`, which splits tied gradients) sends the gradient to the winner only.
     right_top, right_bottom = _wins(b, a), _wins(d, c)

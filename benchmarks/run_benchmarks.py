@@ -10,6 +10,7 @@ Usage:
     python benchmarks/run_benchmarks.py                      # the standard set
     python benchmarks/run_benchmarks.py --quick              # 1 warm-up, 3 repeats
     python benchmarks/run_benchmarks.py --fastpath-study     # NCHW vs channels-last, malloc tuning
+    python benchmarks/run_benchmarks.py --quick --rounds 3   # a busy machine: interleave 3 rounds
 """
 
 from __future__ import annotations
@@ -31,31 +32,38 @@ def _out(name: str) -> Path:
     return RESULTS / f"{name}-{platform.node() or 'host'}-{datetime.now():%Y%m%d-%H%M%S}.json"
 
 
-def standard(warmup: int, repeats: int, threads: int) -> list[dict]:
+def standard(warmup: int, repeats: int, threads: int, rounds: int) -> list[dict]:
     """SegNets and peers at 360x480 batch 1 (inference), then SegNet training steps."""
     rows = run_benchmark(SEGNETS + PEERS, [SIZE], [1], None, warmup, repeats, threads,
-                         json_out=_out("inference"), verbose=True)
+                         json_out=_out("inference"), rounds=rounds, verbose=True)
     rows += run_benchmark(SEGNETS, [SIZE], [1], [], warmup, repeats, threads, train_mode=True,
-                          json_out=_out("training"), train_paths=["train_eager", "train_engine"], verbose=True)
+                          json_out=_out("training"), train_paths=["train_eager", "train_engine"], rounds=rounds,
+                          verbose=True)
     return rows
 
 
-def fastpath_study(warmup: int, repeats: int, threads: int) -> list[dict]:
-    """The measurements behind the fast path's defaults: memory format and malloc tuning."""
+def fastpath_study(warmup: int, repeats: int, threads: int, rounds: int) -> list[dict]:
+    """The measurements behind the fast path's defaults: memory format and malloc tuning.
+
+    ``fast_nchw`` and ``fast_cl`` differ only in memory format (both tune malloc);
+    ``fast_nomallopt`` is ``fast`` without malloc tuning; all run round-robin ``rounds`` times.
+    """
     paths = ["eager", "fast_nchw", "fast_cl", "fast_nomallopt", "fast"]
     return run_benchmark(SEGNETS, [SIZE], [1], paths, warmup, repeats, threads,
-                         json_out=_out("fastpath-study"), verbose=True)
+                         json_out=_out("fastpath-study"), rounds=rounds, verbose=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 warm-up call and 3 timed calls per case")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every case this many times round-robin, pooling the timings (for a busy machine)")
     parser.add_argument("--fastpath-study", action="store_true", help="run the fast-path design study instead")
     args = parser.parse_args()
     warmup, repeats = (1, 3) if args.quick else (2, 10)
     run = fastpath_study if args.fastpath_study else standard
-    print(format_table(run(warmup, repeats, args.threads)))
+    print(format_table(run(warmup, repeats, args.threads, args.rounds)))
 
 
 if __name__ == "__main__":

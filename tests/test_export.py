@@ -93,34 +93,6 @@ def test_int8_quantization_runs_and_reports_agreement(exported) -> None:
     assert seg.predict(images[0]).shape == (48, 64)
 
 
-class _NumpyClip(torch.autograd.Function):
-    """An op no exporter can trace: it leaves torch for numpy."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        return torch.from_numpy(np.clip(x.detach().numpy(), -1.0, 1.0))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        return grad
-
-
-class NumpyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 2, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _NumpyClip.apply(self.conv(x))
-
-
-def test_unexportable_model_raises_naming_it(tmp_path: Path) -> None:
-    out = tmp_path / "bad.onnx"
-    with pytest.raises(SeglabError, match="'NumpyNet' cannot be exported to ONNX"):
-        export_onnx(NumpyNet(), out, input_size=(8, 8), verbose=False)
-    assert not out.exists()
-
-
 def test_non_segmentation_output_is_rejected(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     with pytest.raises(SeglabError, match="'classifier' cannot be exported: it must return N x K x H x W"):

@@ -145,6 +145,7 @@ def run_benchmark(
     device: str = "cpu",
     num_classes: int = 11,
     train_paths: Sequence[str] = ("train_eager", "train_engine"),
+    rounds: int = 1,
     verbose: bool = False,
 ) -> list[dict[str, Any]]:
     """Benchmark models; one row per model x size x batch x path (keys: :data:`ROW_KEYS`).
@@ -164,7 +165,9 @@ def run_benchmark(
         device: ``cpu`` or ``cuda``.
         num_classes: Output classes of every model.
         train_paths: Training paths (:data:`TRAIN_PATHS`).
-        verbose: Print each row as it completes.
+        rounds: Run all cases this many times round-robin (each run a fresh process) and pool
+            their timed calls; more than 1 makes comparisons robust to changing machine load.
+        verbose: Print each case's fastest call as it completes.
 
     Returns:
         The rows, in case order.
@@ -176,28 +179,57 @@ def run_benchmark(
     _check_names(models, paths, train_paths)
     if repeats < 1 or warmup < 0:
         raise SeglabError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}.")
+    if rounds < 1:
+        raise SeglabError(f"rounds must be >= 1, got {rounds}.")
     threads = threads or _usable_cores()
     base = dict(threads=threads, device=device, warmup=warmup, repeats=repeats, num_classes=num_classes)
-    conv_peak = _child(dict(base, mode="peak"))
-    rows = []
     with tempfile.TemporaryDirectory(prefix="seglab-bench-") as tmp:
-        for case in _cases(models, sizes, batch_sizes, paths, train_paths, dict(base, tmp=tmp)):
-            note = _onnx_unavailable(case["path"]) if case["path"] in _ONNX_PATHS else None
-            result = None
-            if note is None:
-                env = {"SEGLAB_NO_MALLOPT": "1"} if case["path"] == "fast_nomallopt" else None
-                try:
-                    result = _child(case, env)
-                except RuntimeError as e:
-                    note = str(e)
-            rows.append(_row(case, result, conv_peak["peak_gflops_per_s"], note or ""))
-            if verbose:
-                r = rows[-1]
-                print(f"{r['model']} {r['mode']} {r['path']} {r['height']}x{r['width']} b{r['batch']}: "
-                      + (f"{r['median_ms']:.1f} ms" if r["status"] == "ok" else r["note"]), flush=True)
+        cases = _cases(models, sizes, batch_sizes, paths, train_paths, dict(base, tmp=tmp))
+        peaks, results, notes = _run_rounds(cases, base, rounds, verbose)
+    conv_peak = max(peaks, key=lambda p: p["peak_gflops_per_s"])
+    rows = [_row(case, _merge(res) if note is None else None, conv_peak["peak_gflops_per_s"], note or "")
+            for case, res, note in zip(cases, results, notes)]
     if json_out is not None:
-        write_json(json_out, {"meta": _meta(threads, device, conv_peak, warmup, repeats), "rows": rows})
+        meta = _meta(threads, device, conv_peak, warmup, repeats)
+        write_json(json_out, {"meta": dict(meta, rounds=rounds), "rows": rows})
     return rows
+
+
+def _run_rounds(cases: list[dict[str, Any]], base: dict[str, Any], rounds: int, verbose: bool
+                ) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]], list[str | None]]:
+    """Run every case ``rounds`` times, round-robin, each run in a fresh process.
+
+    Interleaving spreads slow drifts in machine load (other jobs starting and stopping) over all
+    cases instead of penalising whichever case ran during the busy minute. A case that is
+    unavailable or fails once is not retried; its note says why.
+    """
+    notes: list[str | None] = [_onnx_unavailable(c["path"]) if c["path"] in _ONNX_PATHS else None for c in cases]
+    results: list[list[dict[str, Any]]] = [[] for _ in cases]
+    peaks = []
+    for _ in range(rounds):
+        peaks.append(_child(dict(base, mode="peak")))
+        for i, case in enumerate(cases):
+            if notes[i] is not None:
+                continue
+            env = {"SEGLAB_NO_MALLOPT": "1"} if case["path"] == "fast_nomallopt" else None
+            try:
+                results[i].append(_child(case, env))
+            except RuntimeError as e:
+                notes[i] = str(e)
+            if verbose:
+                times = results[i][-1]["times_s"] if notes[i] is None else []
+                print(f"{case['model']} {case['mode']} {case['path']} {case['height']}x{case['width']} "
+                      f"b{case['batch']}: " + (f"min {1e3 * min(times):.1f} ms" if times else str(notes[i])),
+                      flush=True)
+    return peaks, results, notes
+
+
+def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several rounds: all timed calls pooled, the largest memory peak."""
+    merged = dict(results[0])
+    merged["times_s"] = [t for r in results for t in r["times_s"]]
+    merged["peak_mem_mb"] = max(r["peak_mem_mb"] for r in results)
+    return merged
 
 
 def _meta(threads: int, device: str, conv_peak: dict[str, Any], warmup: int, repeats: int) -> dict[str, Any]:

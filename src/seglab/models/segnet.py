@@ -251,6 +251,9 @@ def segnet(
     Returns:
         A :class:`SegNet` module returning logits.
     """
+    unknown = set(kw) - {"norm_layer", "activation_layer"}  # dropout belongs to bayesian_segnet
+    if unknown:
+        raise TypeError(f"segnet() got an unexpected keyword argument {sorted(unknown)[0]!r}")
     model = build_segnet(num_classes, in_channels=in_channels, pretrained_encoder=pretrained_encoder,
                          upsample=upsample, **kw)
     return set_index_format(model, index_format)

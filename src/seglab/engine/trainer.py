@@ -217,8 +217,9 @@ class Trainer:
         self.model.train()
         self.train_loader.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * t.batch_size)
         steps_left = self.steps_per_epoch - self.step_in_epoch
+        # disable=None: tqdm draws only on a terminal, so CI logs keep just the per-epoch lines.
         bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
-                   disable=not t.progress, dynamic_ncols=True, mininterval=1.0, leave=False)
+                   disable=None if t.progress else True, dynamic_ncols=True, mininterval=1.0, leave=False)
         loss_sum, seen, start = 0.0, 0, time.perf_counter()
         for i, (images, masks, *extra) in enumerate(self.train_loader):
             if i >= steps_left:

@@ -11,6 +11,7 @@ Usage:
     python benchmarks/run_benchmarks.py --quick              # 1 warm-up, 3 repeats
     python benchmarks/run_benchmarks.py --fastpath-study     # NCHW vs channels-last, malloc tuning
     python benchmarks/run_benchmarks.py --quick --rounds 3   # a busy machine: interleave 3 rounds
+    python benchmarks/run_benchmarks.py --format-ab 8        # NCHW vs channels-last, paired calls
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import platform
 from datetime import datetime
 from pathlib import Path
 
-from seglab.benchmark import format_table, run_benchmark
+from seglab.benchmark import format_table, run_benchmark, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEGNETS = ["segnet", "segnet_basic"]
@@ -53,6 +54,44 @@ def fastpath_study(warmup: int, repeats: int, threads: int, rounds: int) -> list
                          json_out=_out("fastpath-study"), rounds=rounds, verbose=True)
 
 
+def memory_format_ab(pairs: int, threads: int) -> list[dict]:
+    """NCHW vs channels-last fast path, alternating calls in one process (paired A/B).
+
+    On a busy machine, separate runs of A and B see different load; alternating single calls and
+    taking the median of the per-pair time ratios cancels load that changes slower than a call.
+    """
+    import statistics
+    import time
+
+    import torch
+
+    from seglab.benchmark_case import build_model
+    from seglab.fastpath import optimize_for_inference
+
+    rows = []
+    for name in SEGNETS:
+        model = build_model(name, 11)
+        variants = {fmt: optimize_for_inference(model, dtype=torch.float32, channels_last=fmt == "channels_last",
+                                                threads=threads) for fmt in ("nchw", "channels_last")}
+        x = torch.randn(1, 3, *SIZE)
+        times: dict[str, list[float]] = {fmt: [] for fmt in variants}
+        for i in range(pairs + 1):  # pair 0 is the warm-up
+            order = list(variants) if i % 2 else list(variants)[::-1]  # alternate who goes first
+            for fmt in order:
+                start = time.perf_counter()
+                variants[fmt](x)
+                if i:
+                    times[fmt].append(time.perf_counter() - start)
+        ratio = statistics.median(c / n for c, n in zip(times["channels_last"], times["nchw"]))
+        row = {"model": name, "pairs": pairs, "threads": threads, "median_ratio_cl_over_nchw": ratio}
+        for fmt, ts in times.items():
+            row.update({f"{fmt}_min_ms": 1e3 * min(ts), f"{fmt}_median_ms": 1e3 * statistics.median(ts)})
+        print(row, flush=True)
+        rows.append(row)
+    write_json(_out("memory-format-ab"), {"rows": rows})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 warm-up call and 3 timed calls per case")
@@ -60,7 +99,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every case this many times round-robin, pooling the timings (for a busy machine)")
     parser.add_argument("--fastpath-study", action="store_true", help="run the fast-path design study instead")
+    parser.add_argument("--format-ab", type=int, metavar="PAIRS",
+                        help="instead: NCHW vs channels-last, PAIRS alternating call pairs in one process")
     args = parser.parse_args()
+    if args.format_ab:
+        memory_format_ab(args.format_ab, args.threads)
+        return
     warmup, repeats = (1, 3) if args.quick else (2, 10)
     run = fastpath_study if args.fastpath_study else standard
     print(format_table(run(warmup, repeats, args.threads, args.rounds)))

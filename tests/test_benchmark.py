@@ -53,7 +53,8 @@ def _fake_child(case: dict, env: dict | None = None) -> dict:
     if case["model"] == "segnet":
         raise RuntimeError("benchmark process exited with 1: boom")
     return {"times_s": [0.4, 0.1, 0.2], "peak_mem_mb": 12.5, "gflops": 10.0, "pool_index_format": None,
-            "pool_index_int64_mb": 0.0, "pool_index_uint8_mb": 0.0, "pool_index_packed_mb": 0.0}
+            "pool_index_int64_mb": 0.0, "pool_index_uint8_mb": 0.0, "pool_index_packed_mb": 0.0,
+            "input_hw": [case["height"], case["width"]]}
 
 
 def test_rows_bookkeeping_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:

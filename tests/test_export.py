@@ -43,11 +43,11 @@ def exported(checkpoint: Path) -> tuple[Path, object]:
     return out, report
 
 
-def test_export_parity_at_two_sizes(exported, capsys: pytest.CaptureFixture) -> None:
+def test_export_parity_at_two_sizes(exported) -> None:
     out, report = exported
     assert out.is_file() and report.path == out and report.size_bytes == out.stat().st_size
     assert report.exporter in ("dynamo", "torchscript") and report.dynamic_hw
-    assert [p.shape for p in report.parity] == [(1, 3, *SIZE), (2, 3, 37, 53)]  # batch and H/W dynamic
+    assert [p.shape for p in report.parity] == [(1, 4, *SIZE), (2, 4, 37, 53)]  # batch and H/W dynamic
     for parity in report.parity:
         assert parity.argmax_agreement >= 99.9
         assert parity.max_abs_diff < 1e-3
@@ -88,9 +88,37 @@ def test_int8_quantization_runs_and_reports_agreement(exported) -> None:
     assert report.int8_bytes < report.fp32_bytes / 2  # weights really are int8
     quantized = onnx.load(str(report.path))
     assert any(node.op_type == "QuantizeLinear" for node in quantized.graph.node)
+    assert "seglab quantize" in report.format() and "agreement" in report.format()
     seg = OnnxSegmenter(report.path, threads=1)
     assert seg.metadata["quantization"]["per_channel"] and seg.class_names == CLASSES
     assert seg.predict(images[0]).shape == (48, 64)
+
+
+@torch.library.custom_op("seglab_test::opaque_double", mutates_args=())
+def _opaque_double(x: torch.Tensor) -> torch.Tensor:
+    """A custom op with neither an ONNX translation nor a TorchScript symbolic."""
+    return x * 2
+
+
+@_opaque_double.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class CustomOpNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _opaque_double(self.conv(x))
+
+
+def test_unexportable_model_raises_naming_it(tmp_path: Path) -> None:
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(SeglabError, match="'CustomOpNet' cannot be exported to ONNX"):
+        export_onnx(CustomOpNet(), out, input_size=(8, 8), verbose=False)
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no temporary files left either
 
 
 def test_non_segmentation_output_is_rejected(tmp_path: Path) -> None:

@@ -69,6 +69,13 @@ def _unpools_with_indices(model: nn.Module) -> bool:
                for m in model.modules())
 
 
+def _valid_size(model: nn.Module, size: tuple[int, int] = (64, 80)) -> tuple[int, int]:
+    """``size``, or the nearest valid size above it for models with unpadded convs (``unet_valid``)."""
+    if not hasattr(model, "nearest_valid_sizes"):
+        return size
+    return model.nearest_valid_sizes(size[0])[1], model.nearest_valid_sizes(size[1])[1]
+
+
 def _images(batch: int, seed: int, size: tuple[int, int] = (64, 80)) -> torch.Tensor:
     """Smooth, image-like inputs (upsampled noise), normalised like ImageNet-standardised photos."""
     low = torch.randn(batch, 3, size[0] // 8, size[1] // 8, generator=torch.Generator().manual_seed(seed))

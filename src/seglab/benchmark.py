@@ -99,6 +99,8 @@ def _row(case: dict[str, Any], result: dict[str, Any] | None, peak: float, note:
     row = {k: case.get(k) for k in ROW_KEYS}
     row.update(status="ok" if result else ("skipped" if note.startswith("skipped") else "error"), note=note)
     if result:
+        if result["input_hw"] != [case["height"], case["width"]]:  # e.g. unet_valid takes only some sizes
+            row.update(height=result["input_hw"][0], width=result["input_hw"][1], note="nearest valid input size")
         times = result["times_s"]
         median = statistics.median(times)
         ips = case["batch"] / median

@@ -232,13 +232,21 @@ def _train_gflops(step: Callable[[], Any]) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def _valid_size(model: nn.Module, height: int, width: int) -> tuple[int, int]:
+    """The requested size, or the nearest valid one above it for models with unpadded convs."""
+    if not hasattr(model, "nearest_valid_sizes"):
+        return height, width
+    return model.nearest_valid_sizes(height)[1], model.nearest_valid_sizes(width)[1]
+
+
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """Measure one model x size x batch x path; returns the raw numbers for :mod:`seglab.benchmark`."""
     torch.manual_seed(0)
     torch.set_num_threads(case["threads"])
     device = torch.device(case["device"])
-    h, w, batch = case["height"], case["width"], case["batch"]
+    batch = case["batch"]
     model = build_model(case["model"], case["num_classes"]).to(device)
+    h, w = _valid_size(model, case["height"], case["width"])
     index_stats, gflops = _static_stats(model, (h, w))
     x = torch.randn(batch, 3, h, w, device=device)
     if case["mode"] == "train":
@@ -247,7 +255,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     else:
         fn = _inference_fn(case, model, x)
     times, peak_mib = _time_calls(fn, case["warmup"], case["repeats"], device)
-    return {"times_s": times, "peak_mem_mb": peak_mib, "gflops": gflops, "threads_used": torch.get_num_threads(),
+    return {"times_s": times, "peak_mem_mb": peak_mib, "gflops": gflops, "input_hw": [h, w],
             "pool_index_format": index_stats.pop("format"),
             **{f"pool_index_{k}_mb": batch * v / 2**20 for k, v in index_stats.items()}}
 

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,8 @@ from .engine.checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import SeglabError
 from .models.blocks import set_index_format
 
-__all__ = ["ONNX_FORMAT", "ExportReport", "Parity", "export_onnx", "parity_check", "read_onnx_metadata"]
+__all__ = ["ONNX_FORMAT", "ExportReport", "Parity", "compare_logits", "export_onnx", "parity_check",
+           "read_onnx_metadata"]
 
 #: Marker stored with the metadata, so readers can reject foreign ONNX files.
 ONNX_FORMAT = "seglab-onnx-v1"
@@ -49,9 +51,9 @@ INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 @dataclass
 class Parity:
-    """ONNX-vs-eager agreement on one random input."""
+    """ONNX-vs-reference agreement on one input."""
 
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # of the logits
     max_abs_diff: float
     argmax_agreement: float  # percent of pixels with the same class
 
@@ -164,8 +166,20 @@ def parity_check(model: nn.Module, onnx_path: str | Path, batch: int, size: Sequ
     if out.shape != ref.shape:
         raise SeglabError(f"The exported ONNX model returns shape {out.shape} at input {tuple(x.shape)}, "
                           f"PyTorch {ref.shape}: the export fixed a size it should not have.")
-    agreement = 100.0 * float(np.mean(out.argmax(1) == ref.argmax(1)))
-    return Parity(tuple(x.shape), float(np.abs(out - ref).max()), agreement)
+    return compare_logits(ref, out)
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> Parity:
+    """Max abs difference and label agreement of two ``N x K x H x W`` logit arrays.
+
+    Labels are the argmax over classes, or ``logit > 0`` for one-channel (binary sigmoid) heads,
+    whose argmax would trivially agree.
+    """
+    def labels(logits: np.ndarray) -> np.ndarray:
+        return logits[:, 0] > 0 if logits.shape[1] == 1 else logits.argmax(1)
+
+    agreement = 100.0 * float(np.mean(labels(candidate) == labels(reference)))
+    return Parity(tuple(reference.shape), float(np.abs(candidate - reference).max()), agreement)
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
@@ -241,14 +255,21 @@ def _export_any(model: nn.Module, example: torch.Tensor, path: Path, opset: int,
             _torch_export(model, example, path, opset, dynamic_hw, dynamo=exporter == "dynamo")
             return exporter, errors.get("dynamo")
         except Exception as e:  # each exporter raises its own error types
-            errors[exporter] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            errors[exporter] = _first_line(e)
     raise SeglabError(f"Model {name!r} cannot be exported to ONNX. Dynamo exporter: {errors['dynamo']} "
                       f"TorchScript exporter: {errors['torchscript']}")
 
 
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """``Type: first non-empty line`` of an exception, shortened (exporter messages run to pages)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _torch_export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_hw: bool,
                   dynamo: bool) -> None:
-    """One ``torch.onnx.export`` call; the exporters' progress chatter is swallowed."""
+    """One ``torch.onnx.export`` call; the exporters' progress chatter and graph dumps are swallowed."""
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
     kwargs: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
     if dynamo:
@@ -256,7 +277,10 @@ def _torch_export(model: nn.Module, example: torch.Tensor, path: Path, opset: in
         kwargs.update(dynamo=True, external_data=False, dynamic_shapes=({k: dim for k in axes},))
     else:
         kwargs.update(dynamo=False, dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
-    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), torch.no_grad(), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript fallback is legacy by choice
         torch.onnx.export(model, (example,), str(path), **kwargs)
     if not path.is_file():
         raise RuntimeError("the exporter wrote no file")

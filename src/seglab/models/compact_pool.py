@@ -4,13 +4,18 @@ The SegNet paper (Sec. 3) notes that a 2x2 max-pool only needs to remember *whic
 window pixels won, i.e. 2 bits. Here that choice is the code ``dy * 2 + dx`` (0..3), stored
 
 * one code per ``uint8`` (8x smaller than PyTorch's int64 flat indices), or
-* packed four codes per byte along the width (``packed=True``, 32x smaller).
+* packed four codes per byte along the width (``packed=True``, 32x smaller when the pooled
+  width is a multiple of 4; each row is padded to one).
 
 :func:`pool_with_codes` / :func:`unpool_from_codes` give results identical to
 ``nn.MaxPool2d(2, 2, ceil_mode=True, return_indices=True)`` followed by ``F.max_unpool2d``,
 values, tie-breaking (first maximum in scan order), NaN propagation and gradients included.
 They are written with plain tensor ops (strided views, comparisons, ``where``, reshapes), so they
 export to ONNX, unlike ``max_unpool2d``, whose ONNX export has a long failure history.
+
+The price is speed in eager mode: several elementwise passes instead of PyTorch's fused kernels.
+On 2 CPU cores pool + unpool of a 64x360x480 map took 374 ms against 155 ms, and a whole SegNet
+360x480 forward 5.39 s against 4.68 s, which is why SegNet keeps int64 indices by default.
 
 Example:
     >>> x = torch.tensor([[[[1., 2.], [4., 3.]]]])
@@ -110,7 +115,7 @@ def unpool_from_codes(y: Tensor, codes: Tensor, output_size: Sequence[int], pack
     if packed:
         codes = unpack_codes(codes, y.shape[-1])
     # One plane per window position, laid out (..., h, dy, dx, w) so that the comparison and the
-    # `where` run along contiguous rows (an innermost dx axis of length 2 is ~2x slower on CPU);
+    # `where` run along contiguous rows (an innermost dx axis of length 2 measured ~20 % slower);
     # a single transposing copy then interleaves the planes into (..., h, dy, w, dx) = (2h, 2w).
     layout = torch.arange(4, dtype=codes.dtype, device=codes.device).view(2, 2, 1)
     hit = codes[..., :, None, None, :] == layout

@@ -12,6 +12,7 @@ Usage:
     python benchmarks/run_benchmarks.py --fastpath-study     # NCHW vs channels-last, malloc tuning
     python benchmarks/run_benchmarks.py --quick --rounds 3   # a busy machine: interleave 3 rounds
     python benchmarks/run_benchmarks.py --format-ab 8        # NCHW vs channels-last, paired calls
+    python benchmarks/run_benchmarks.py --malloc-ab 4        # malloc tuning on/off, paired processes
 """
 
 from __future__ import annotations
@@ -92,6 +93,39 @@ def memory_format_ab(pairs: int, threads: int) -> list[dict]:
     return rows
 
 
+def malloc_ab(pairs: int, threads: int) -> list[dict]:
+    """The fast path with and without malloc tuning, each call pair in two fresh processes.
+
+    Malloc tuning is process-wide, so A and B cannot share a process; alternating the order of
+    the two processes in each pair and taking the median per-pair ratio cancels slow load drift.
+    """
+    import statistics
+    import tempfile
+
+    from seglab.benchmark import _child  # runs one case in a fresh process
+
+    rows = []
+    for name in SEGNETS:
+        ratios, medians = [], {"fast": [], "fast_nomallopt": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(pairs):
+                order = ["fast", "fast_nomallopt"] if i % 2 == 0 else ["fast_nomallopt", "fast"]
+                for path in order:
+                    case = dict(mode="inference", model=name, path=path, height=SIZE[0], width=SIZE[1], batch=1,
+                                threads=threads, device="cpu", warmup=1, repeats=3, num_classes=11, tmp=tmp)
+                    env = {"SEGLAB_NO_MALLOPT": "1"} if path == "fast_nomallopt" else {"SEGLAB_NO_MALLOPT": "0"}
+                    medians[path].append(statistics.median(_child(case, env)["times_s"]))
+                ratios.append(medians["fast"][-1] / medians["fast_nomallopt"][-1])
+        row = {"model": name, "pairs": pairs, "threads": threads,
+               "median_ratio_tuned_over_default": statistics.median(ratios),
+               **{f"{path}_median_ms": 1e3 * statistics.median(m) for path, m in medians.items()},
+               **{f"{path}_best_median_ms": 1e3 * min(m) for path, m in medians.items()}}
+        print(row, flush=True)
+        rows.append(row)
+    write_json(_out("malloc-ab"), {"rows": rows})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 warm-up call and 3 timed calls per case")
@@ -101,9 +135,14 @@ def main() -> None:
     parser.add_argument("--fastpath-study", action="store_true", help="run the fast-path design study instead")
     parser.add_argument("--format-ab", type=int, metavar="PAIRS",
                         help="instead: NCHW vs channels-last, PAIRS alternating call pairs in one process")
+    parser.add_argument("--malloc-ab", type=int, metavar="PAIRS",
+                        help="instead: fast path with vs without malloc tuning, PAIRS pairs of fresh processes")
     args = parser.parse_args()
-    if args.format_ab:
-        memory_format_ab(args.format_ab, args.threads)
+    if args.format_ab or args.malloc_ab:
+        if args.format_ab:
+            memory_format_ab(args.format_ab, args.threads)
+        if args.malloc_ab:
+            malloc_ab(args.malloc_ab, args.threads)
         return
     warmup, repeats = (1, 3) if args.quick else (2, 10)
     run = fastpath_study if args.fastpath_study else standard

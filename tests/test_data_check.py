@@ -103,3 +103,38 @@ def test_real_camvid_check_is_fast_and_clean(shared_data):
     assert sum(report.splits[0].histogram.values()) == 367 * 360 * 480
     assert max(report.splits[0].histogram) == 11 and "Bicyclist" in report.format()
     assert elapsed < 15  # a few seconds on one core
+
+
+def _isbi_slice(root, stem, label):
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros(label.shape, np.uint8)).save(root / "images" / f"{stem}.png")
+    Image.fromarray(label).save(root / "labels" / f"{stem}.png")
+
+
+def test_isbi_layout_maps_0_255_to_membrane_and_cell(tmp_path):
+    label = np.full((8, 8), 255, np.uint8)
+    label[:, 3] = 0  # 8 membrane pixels, 56 cell pixels
+    _isbi_slice(tmp_path / "isbi2012", "00", label)
+    _isbi_slice(tmp_path / "isbi2012" / "test", "30", label)
+    report = check_dataset(tmp_path)  # a parent folder holding isbi2012/ is found too
+    assert report.ok, report.format()
+    assert report.layout == "isbi2012" and report.num_classes == 2
+    assert [s.name for s in report.splits] == ["labelled", "test"]
+    assert dict(report.splits[0].histogram) == {0: 8, 1: 56}
+    assert "membrane" in report.format() and "0/255" not in report.format()
+
+
+def test_isbi_label_with_grey_values_is_an_error_naming_the_file(tmp_path):
+    label = np.full((8, 8), 255, np.uint8)
+    label[0, 0] = 128  # an anti-aliased export
+    _isbi_slice(tmp_path, "07", label)
+    report = check_dataset(tmp_path)
+    assert not report.ok
+    assert "07.png: 128" in report.format() and "threshold" in report.format()
+
+
+def test_real_isbi_check_is_clean(shared_data):
+    report = check_dataset(shared_data / "isbi2012")
+    assert report.ok, report.format()
+    assert report.splits[0].pairs == 24 and sum(report.splits[0].histogram.values()) == 24 * 512 * 512

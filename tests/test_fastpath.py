@@ -172,7 +172,7 @@ def test_fast_path_matches_eager_in_float32(name: str) -> None:
     x = _images(2, seed=1, size=_size_for(model))
     with torch.no_grad():
         expected = model(x)
-    got = optimize_for_inference(model, dtype=torch.float32, channels_last=False)(x)
+    got = optimize_for_inference(model, dtype=torch.float32)(x)  # this machine's default memory format
     assert got.shape == expected.shape and got.dtype == torch.float32 and got.is_contiguous()
     diff, scale = (got - expected).abs(), expected.abs().max()
     agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item()
@@ -246,10 +246,9 @@ def test_resolve_inference_dtype() -> None:
 
 def test_channels_last_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert prefers_channels_last(torch.device("cuda"))
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert not prefers_channels_last(torch.device("cpu"))
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert prefers_channels_last(torch.device("cpu"))
+    for capability, expected in (("AVX2", True), ("AVX512", True), ("DEFAULT", False), ("SVE256", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert prefers_channels_last(torch.device("cpu")) is expected, capability
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -166,3 +166,26 @@ def test_real_isbi_split_and_values(shared_data):
     mask = val.load_mask(0)
     raw = np.asarray(Image.open(shared_data / "isbi2012" / "labels" / "20.png"))
     assert np.array_equal(mask, (raw == 255).astype(np.int64)) and 0.6 < mask.mean() < 0.9  # mostly cell interior
+
+
+def test_training_and_evaluate_report_the_em_metrics(fake_root, tmp_path_factory):
+    from seglab.config import Config, ModelConfig, TrainConfig
+    from seglab.engine import train
+    from seglab.engine.evaluate import EM_KEYS, evaluate_checkpoint
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = Config(
+        model=ModelConfig(name="unet", kwargs={"depth": 2, "base_channels": 4}),
+        data=cfg_for(fake_root, crop_size=[16, 16], weight_maps=True, num_workers=0),
+        loss=LossConfig(name="weighted_map_ce", class_weights="none"),
+        train=TrainConfig(epochs=1, batch_size=4, optimizer="adamw", lr=0.01, out_dir=str(out), run_name="em",
+                          progress=False, val_bf=False, seed=0, threads=1),
+    )
+    result = train(cfg)
+    assert all(f"val_{k}" in result.history[-1] for k in EM_KEYS)
+    results = evaluate_checkpoint(str(result.best_checkpoint), split="val", compute_bf=False)
+    for key in EM_KEYS:
+        assert key in results
+    # Pixel error is the complement of global accuracy over the same labelled pixels.
+    assert results["pixel_error"] == pytest.approx(1.0 - results["global_acc"], abs=1e-6)
+    assert 0.0 <= results["foreground_iou"] <= 1.0 and 0.0 <= results["rand_error"] <= 1.0

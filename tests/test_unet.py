@@ -126,3 +126,38 @@ def test_options_and_errors() -> None:
     assert not hasattr(create_model("unet", num_classes=2), "output_size")
     with pytest.raises(SeglabError, match="depth >= 1"):
         create_model("unet", num_classes=2, depth=0)
+
+
+def _valid_unet_config(tmp_path, crop: list[int]):
+    from seglab.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
+
+    return Config(
+        model=ModelConfig(name="unet_valid", kwargs={"depth": 2, "base_channels": 4}),
+        data=DataConfig(dataset="synthetic", synthetic_train=8, synthetic_val=2, synthetic_size=[64, 80],
+                        num_workers=0, crop_size=crop, scale_range=[1.0, 1.0], color_jitter=0.0),
+        loss=LossConfig(class_weights="none"),
+        train=TrainConfig(epochs=2, batch_size=4, optimizer="adamw", lr=0.01, out_dir=str(tmp_path), run_name="run",
+                          progress=False, val_bf=False, seed=0, threads=1),
+    )
+
+
+def test_unet_valid_trains_on_centre_cropped_targets_and_evaluates_tiled(tmp_path) -> None:
+    from seglab.engine import train
+    from seglab.engine.evaluate import forward_at_size
+
+    assert output_size((52, 52), depth=2) == (12, 12)  # 52 in, 12 labelled pixels out per side
+    result = train(_valid_unet_config(tmp_path, [52, 52]))
+    first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
+    assert last < first, (first, last)
+    # Validation scored whole 64x80 images: tiled with mirror padding, not a stretched 12x12 map.
+    assert 0.0 <= result.best_metrics["global_acc"] <= 1.0
+    model = create_model("unet_valid", 3, depth=2, base_channels=4).eval()
+    with torch.no_grad():
+        assert forward_at_size(model, torch.rand(2, 3, 37, 53), None).shape == (2, 3, 37, 53)
+
+
+def test_unet_valid_rejects_a_crop_it_cannot_take(tmp_path) -> None:
+    from seglab.engine import train
+
+    with pytest.raises(SeglabError, match=r"crop_size.*nearest valid: 50 -> 48 or 52.*--data.crop_size 52 52"):
+        train(_valid_unet_config(tmp_path, [50, 50]))

@@ -19,9 +19,10 @@ method) and reports one row per case with the keys in :data:`ROW_KEYS`:
 Inference paths: ``eager`` (``model.eval()`` + ``torch.no_grad``), ``fast``
 (:func:`seglab.fastpath.optimize_for_inference` defaults), the variants ``fast_nchw``,
 ``fast_cl``, ``fast_bf16``, ``fast_compile``, ``fast_nomallopt`` (``SEGLAB_NO_MALLOPT=1``), and
-``onnxruntime`` / ``quantized`` when :mod:`seglab.export` provides them. Training paths
-(``train_mode=True``): ``train_eager`` (plain fp32 NCHW SGD step), ``train_engine`` (the
-trainer's default precision and memory format for this device) and ``train_engine_mallopt``.
+``onnxruntime`` / ``quantized`` (static int8) when :mod:`seglab.export`,
+:mod:`seglab.onnx_backend` and onnxruntime are available. Training paths (``train_mode=True``):
+``train_eager`` (plain fp32 NCHW SGD step), ``train_engine`` (the trainer's default precision
+and memory format for this device) and ``train_engine_mallopt`` (that plus malloc tuning).
 
 Example:
     >>> rows = run_benchmark(["segnet_basic"], sizes=[(64, 80)], batch_sizes=[1], repeats=1)
@@ -59,7 +60,11 @@ _INDEX_KEYS: tuple[str, ...] = ("pool_index_format", "pool_index_int64_mb", "poo
 ROW_KEYS: tuple[str, ...] = ("model", "mode", "path", "height", "width", "batch", "threads", "device", "status",
                              "median_ms", "min_ms", "images_per_s", "gflops", "gflops_per_s", "peak_pct",
                              "peak_mem_mb", *_INDEX_KEYS, "note")
-_ONNX_PATHS = {"onnxruntime": "export_onnx", "quantized": "quantize_onnx"}
+#: What each ONNX path needs: (module, function) pairs, imported lazily (optional dependencies).
+_ONNX_PATHS: dict[str, tuple[tuple[str, str], ...]] = {
+    "onnxruntime": (("seglab.export", "export_onnx"),),
+    "quantized": (("seglab.export", "export_onnx"), ("seglab.onnx_backend", "quantize_onnx")),
+}
 
 
 def _usable_cores() -> int:
@@ -67,13 +72,15 @@ def _usable_cores() -> int:
 
 
 def _onnx_unavailable(path: str) -> str | None:
-    """Why ``path`` cannot run (``seglab.export`` or onnxruntime missing), or None if it can."""
-    try:
-        from . import export
-    except ImportError as e:
-        return f"skipped: seglab.export not importable ({e})"
-    if not hasattr(export, _ONNX_PATHS[path]) or (path == "quantized" and not hasattr(export, "export_onnx")):
-        return f"skipped: seglab.export has no {_ONNX_PATHS[path]}()"
+    """Why ``path`` cannot run (a seglab function or onnxruntime missing), or None if it can."""
+    import importlib
+
+    for module, function in _ONNX_PATHS[path]:
+        try:
+            if not hasattr(importlib.import_module(module), function):
+                return f"skipped: {module} has no {function}()"
+        except ImportError as e:
+            return f"skipped: {module} not importable ({e})"
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -251,6 +258,7 @@ def write_json(path: str | Path, payload: Any) -> Path:
             json.dump(payload, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -150,19 +150,25 @@ def _static_stats(model: nn.Module, size: tuple[int, int]) -> tuple[dict[str, An
 
 
 def _onnx_fn(case: dict[str, Any], model: nn.Module, x: torch.Tensor, quantized: bool) -> Callable[[], Any]:
-    """Export with :func:`seglab.export.export_onnx` (and ``quantize_onnx``), time onnxruntime."""
+    """Export with :func:`seglab.export.export_onnx` (int8: ``seglab.onnx_backend.quantize_onnx``
+    calibrated on 4 synthetic road scenes), then time an onnxruntime session on ``x``."""
+    import numpy as np
     import onnxruntime as ort
 
-    from . import export
+    from .export import export_onnx
 
-    onnx_path = Path(case["tmp"]) / f"{case['model']}_{x.shape[-2]}x{x.shape[-1]}.onnx"
+    height, width = x.shape[-2:]
+    onnx_path = Path(case["tmp"]) / f"{case['model']}_{height}x{width}.onnx"
     if not onnx_path.exists():  # the quantized case reuses the fp32 export
-        export.export_onnx(model.cpu(), onnx_path, input_size=tuple(x.shape[-2:]),
-                           metadata={"model_name": case["model"]}, verbose=False)
+        export_onnx(model.cpu(), onnx_path, input_size=(height, width), metadata={"model_name": case["model"]},
+                    verbose=False)
     if quantized:
-        quantized_path = onnx_path.with_suffix(".int8.onnx")
-        export.quantize_onnx(onnx_path, quantized_path)
-        onnx_path = quantized_path
+        from .data.synthetic import render_scene
+        from .onnx_backend import quantize_onnx
+
+        rng = np.random.default_rng(0)
+        images = [render_scene(rng, height, width)[0] for _ in range(4)]
+        onnx_path = quantize_onnx(onnx_path, onnx_path.with_suffix(".int8.onnx"), images, verbose=False).path
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = case["threads"], 1
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])

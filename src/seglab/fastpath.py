@@ -15,9 +15,11 @@ What it does, in order (each step is cheap to undo: the caller's model is never 
    (:func:`tune_malloc`) so large activation buffers are reused instead of being ``mmap``-ed and
    page-faulted on every forward.
 
-Measured on this project's 2-core AVX2 machine (contended, see ``benchmarks/README.md``):
-channels-last *forward* was slower than NCHW for SegNet/SegNet-Basic, so AVX2 CPUs default to
-NCHW; malloc tuning was the largest single CPU win.
+Measured on this project's 2-core AVX2 machine (torch 2.15, SegNet / SegNet-Basic, 360x480,
+batch 1, 2 threads, a contended machine; ``benchmarks/README.md``): the channels-last *forward*
+took 0.88-0.93x (SegNet) and 0.98-1.02x (SegNet-Basic) the NCHW time, measured as the median
+ratio of alternating call pairs in one process, so channels-last is the default on AVX2 as on
+AVX-512 and CUDA. (Training keeps NCHW on AVX2: there the conv *backward* is 2.3x slower.)
 
 Example:
     >>> import torch, seglab
@@ -53,10 +55,10 @@ __all__ = [
     "tune_malloc",
 ]
 
-# CPU capabilities (torch.backends.cpu.get_cpu_capability()) whose *forward* pass is faster in
-# channels-last. AVX2 is measured slower (see module docstring); AVX-512/AMX builds run oneDNN's
-# NHWC kernels natively and are the platforms channels-last was written for (not measured here).
-_CHANNELS_LAST_CPU_CAPABILITIES: frozenset[str] = frozenset({"AVX512", "AMX"})
+# CPU capabilities (torch.backends.cpu.get_cpu_capability()) where channels-last is the default.
+# AVX2 is measured (module docstring); AVX-512 is where oneDNN's NHWC kernels are strongest (not
+# measured here). Others (ARM, POWER, no AVX) keep PyTorch's native NCHW until measured.
+_CHANNELS_LAST_CPU_CAPABILITIES: frozenset[str] = frozenset({"AVX2", "AVX512"})
 
 # glibc <malloc.h> parameter numbers.
 _M_TRIM_THRESHOLD = -1
@@ -68,8 +70,9 @@ _malloc_tuned: bool | None = None
 def prefers_channels_last(device: torch.device) -> bool:
     """Default memory format for inference on ``device``: True means channels-last.
 
-    CUDA: yes (cuDNN's tensor-core convolutions are NHWC). CPU: only on AVX-512/AMX; on AVX2 the
-    SegNet forward measured slower in channels-last (see the module docstring).
+    CUDA: yes (cuDNN's tensor-core convolutions are NHWC). CPU: on AVX2 and AVX-512 (on AVX2 the
+    SegNet forward measured 7-12 % faster, SegNet-Basic equal; see the module docstring); NCHW on
+    other CPUs, where it is unmeasured.
     """
     if device.type == "cuda":
         return True

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .errors import SeglabError
 
-__all__ = ["BLEND_MODES", "PAD_MODES", "blend_window", "mirror_pad", "predict_tiled"]
+__all__ = ["BLEND_MODES", "PAD_MODES", "blend_window", "center_crop", "mirror_pad", "predict_tiled", "valid_output_fn"]
 
 #: Window shapes for blending overlapping tiles of padded models.
 BLEND_MODES: tuple[str, ...] = ("gaussian", "mean")
@@ -45,6 +45,37 @@ BLEND_MODES: tuple[str, ...] = ("gaussian", "mean")
 PAD_MODES: tuple[str, ...] = ("reflect", "replicate", "constant")
 
 Pads = tuple[int, int, int, int]  # (top, bottom, left, right)
+
+
+def center_crop(x: Tensor, size: Sequence[int]) -> Tensor:
+    """The central ``size`` ``(h, w)`` of ``x``'s last two dimensions (U-Net's crop-and-copy).
+
+    Raises:
+        SeglabError: ``size`` is larger than ``x`` or the margin is odd (no single centre).
+    """
+    height, width = (int(s) for s in size)
+    margin_h, margin_w = x.shape[-2] - height, x.shape[-1] - width
+    if margin_h < 0 or margin_w < 0 or margin_h % 2 or margin_w % 2:
+        raise SeglabError(f"Cannot centre-crop a {x.shape[-2]}x{x.shape[-1]} map to {height}x{width}: the target "
+                          "must be smaller by an even number of pixels in each dimension.")
+    return x[..., margin_h // 2 : margin_h // 2 + height, margin_w // 2 : margin_w // 2 + width]
+
+
+def valid_output_fn(model: object) -> Callable[[tuple[int, int]], tuple[int, int]] | None:
+    """``model.output_size`` for valid-convolution models (output smaller than input), else None.
+
+    Unwraps the wrappers seglab puts around models (``torch.compile``'s ``_orig_mod`` and the fast
+    path's ``model`` attribute) so a wrapped ``unet_valid`` is still recognised.
+    """
+    for _ in range(4):
+        fn = getattr(model, "output_size", None)
+        if callable(fn):
+            return fn
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "model", None)
+        if inner is None:
+            return None
+        model = inner
+    return None
 
 
 def _reflect_indices(start: int, stop: int, size: int, device: torch.device) -> Tensor:

@@ -1,8 +1,9 @@
 """``check_dataset``: inspect a data set folder and report what would go wrong before training.
 
 Recognised layouts: CamVid-style (``<split>.txt`` list files, or ``<split>/`` with
-``<split>annot/``) and folder data sets (``images/`` + ``masks/``, optionally under
-``<split>/``). Every split found is checked: image and mask counts, pairing, readability,
+``<split>annot/``), folder data sets (``images/`` + ``masks/``, optionally under
+``<split>/``) and ISBI 2012 (``images/`` + ``labels/`` holding 0/255 labels, mapped
+explicitly to membrane/cell; a held-out ``<split>/images`` + ``<split>/labels`` too). Every split found is checked: image and mask counts, pairing, readability,
 image/mask sizes, mask kind (index vs RGB) and values, and a per-class pixel histogram.
 
 Only masks are decoded; images are read for their header and integrity (``verify``),
@@ -25,6 +26,7 @@ from PIL import Image
 from ..errors import SeglabError
 from .camvid import CAMVID_CLASSES, CAMVID_VOID, _looks_like_root, camvid_splits, parse_list_file
 from .folder import folder_split_dirs, folder_splits, pair_by_stem
+from .isbi import ISBI_CLASSES, ISBI_LABEL_VALUES
 from .io import RGBMaskError, read_mask
 from .report import DatasetReport, SplitSummary, files_text
 
@@ -42,13 +44,27 @@ class _SplitScan:
     rgb_masks: list[Path] = field(default_factory=list)
 
 
+def _is_isbi(root: Path) -> bool:
+    return (root / "images").is_dir() and (root / "labels").is_dir()
+
+
+def _isbi_splits(root: Path) -> list[str]:
+    """``labelled`` (the slices train and val are carved from) plus held-out ``<split>/`` folders."""
+    held_out = [p.name for p in sorted(root.iterdir()) if p.is_dir() and _is_isbi(p)]
+    return ["labelled", *held_out]
+
+
 def _detect(root: Path) -> tuple[str, Path]:
+    if _is_isbi(root):
+        return "isbi2012", root
     if folder_splits(root):
         return "folder", root
     if _looks_like_root(root) or camvid_splits(root):
         return "camvid", root
     if _looks_like_root(root / "camvid"):
         return "camvid", root / "camvid"
+    if _is_isbi(root / "isbi2012"):
+        return "isbi2012", root / "isbi2012"
     return "unknown", root
 
 
@@ -147,8 +163,37 @@ def _folder_pairs(report: DatasetReport, root: Path, split: str) -> tuple[list, 
     return pairing.pairs, summary
 
 
+def _isbi_pairs(report: DatasetReport, root: Path, split: str) -> tuple[list, SplitSummary]:
+    folder = root if split == "labelled" else root / split
+    pairing = pair_by_stem(folder / "images", folder / "labels")
+    prefix = "" if split == "labelled" else f"{split}/"
+    summary = SplitSummary(split, f"{prefix}images/ + {prefix}labels/")
+    _pairing_issues(report, split, pairing, summary)
+    return pairing.pairs, summary
+
+
+def _isbi_value_issues(report: DatasetReport, scan: _SplitScan) -> None:
+    """ISBI labels hold 0 (membrane) and 255 (cell) only; count them as classes 0 and 1."""
+    offenders = {m: sorted(set(c) - set(ISBI_LABEL_VALUES)) for m, c in scan.values.items()
+                 if set(c) - set(ISBI_LABEL_VALUES)}
+    if offenders:
+        first, values = next(iter(offenders.items()))
+        report.add("error", scan.summary.name,
+                   f"{len(offenders)} label(s) hold values other than 0 (membrane) and 255 (cell), e.g. {first.name}: "
+                   f"{', '.join(map(str, values[:8]))}. ISBI 2012 labels are binary: threshold them "
+                   "(np.where(label > 127, 255, 0)) or fix the export.")
+    mapped: Counter = Counter()
+    for value, count in scan.summary.histogram.items():
+        if value in ISBI_LABEL_VALUES:
+            mapped[ISBI_LABEL_VALUES[value]] += count
+    scan.summary.histogram = mapped
+
+
 def _infer_classes(report: DatasetReport, scans: list[_SplitScan], num_classes: int | None) -> None:
-    if num_classes is not None:
+    if report.layout == "isbi2012":
+        report.num_classes, report.num_classes_source = len(ISBI_CLASSES), "isbi2012 (0 -> membrane, 255 -> cell)"
+        report.class_names = list(ISBI_CLASSES)
+    elif num_classes is not None:
         report.num_classes, report.num_classes_source = int(num_classes), "given"
     elif report.layout == "camvid":
         report.num_classes, report.num_classes_source = len(CAMVID_CLASSES), "camvid"
@@ -244,17 +289,20 @@ def check_dataset(
         report.add(
             "error",
             None,
-            "No data set found: expected a CamVid layout (train.txt, or train/ with trainannot/) or a folder layout "
-            f"(images/ with masks/, optionally inside <split>/ folders). Found: {_listing(root)}.",
+            "No data set found: expected a CamVid layout (train.txt, or train/ with trainannot/), a folder layout "
+            "(images/ with masks/, optionally inside <split>/ folders) or ISBI 2012 (images/ with labels/). "
+            f"Found: {_listing(root)}.",
         )
         return report
-    found = camvid_splits(root) if layout == "camvid" else folder_splits(root)
+    splits_of = {"camvid": camvid_splits, "folder": folder_splits, "isbi2012": _isbi_splits}
+    pairs_of = {"camvid": _camvid_pairs, "folder": _folder_pairs, "isbi2012": _isbi_pairs}
+    found = splits_of[layout](root)
     if split is not None and split not in found:
         report.add("error", split, f"Split {split!r} not found; splits present: {', '.join(found) or 'none'}.")
         return report
     scans = []
     for name in [split] if split is not None else found:
-        pairs, summary = (_camvid_pairs if layout == "camvid" else _folder_pairs)(report, root, name)
+        pairs, summary = pairs_of[layout](report, root, name)
         summary.pairs = len(pairs)
         scan = _SplitScan(summary)
         for image, mask in pairs:
@@ -264,5 +312,8 @@ def check_dataset(
     _infer_classes(report, scans, num_classes)
     for scan in scans:
         _file_issues(report, scan)
-        _value_issues(report, scan)
+        if layout == "isbi2012":
+            _isbi_value_issues(report, scan)
+        else:
+            _value_issues(report, scan)
     return report

@@ -8,26 +8,46 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics import SegmentationMetrics, logits_to_labels
+from ..metrics import SegmentationMetrics, em_metrics, logits_to_labels
+from ..tiling import predict_tiled, valid_output_fn
 from .runtime import autocast
 
-__all__ = ["evaluate_model", "forward_at_size"]
+__all__ = ["EM_KEYS", "em_foreground_class", "evaluate_model", "forward_at_size"]
+
+#: Input tile of valid-convolution models at evaluation: the paper's 572x572 (388x388 out at
+#: depth 4), or the nearest valid size above it for other depths.
+_VALID_TILE = (572, 572)
 
 
 def forward_at_size(model: nn.Module, images: torch.Tensor, infer_size: list[int] | tuple[int, int] | None) -> torch.Tensor:
     """Run ``model`` on ``images`` resized to ``infer_size`` (if given); logits come back at input size.
 
     A model trained at reduced resolution is thus scored against full-resolution labels,
-    as the SegNet protocol asks, instead of against down-sampled ones.
+    as the SegNet protocol asks, instead of against down-sampled ones. Valid-convolution models
+    (``unet_valid``) run overlap-tile inference with mirror padding (:func:`seglab.tiling.predict_tiled`),
+    so every pixel is predicted from its full context instead of the shrunken map being stretched.
     """
     height, width = images.shape[-2:]
     x = images
     if infer_size is not None and tuple(infer_size) != (height, width):
         x = F.interpolate(images, size=tuple(infer_size), mode="bilinear", align_corners=False, antialias=True)
-    logits = model(x)
+    valid_model = valid_output_fn(model)
+    if valid_model is not None:
+        logits = _forward_valid(model, x, valid_model)
+    else:
+        logits = model(x)
     if logits.shape[-2:] != (height, width):
         logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
     return logits
+
+
+def _forward_valid(model: nn.Module, x: torch.Tensor, valid_model) -> torch.Tensor:
+    """Tiled logits of a valid-convolution model, image by image, at ``x``'s size."""
+    owner = getattr(valid_model, "__self__", model)
+    num_classes = owner.classifier.out_channels
+    tile = tuple(owner.nearest_valid_sizes(size)[1] for size in _VALID_TILE)
+    return torch.cat([predict_tiled(model, x[i : i + 1], num_classes, tile, valid_model=valid_model)
+                      for i in range(x.shape[0])])
 
 
 @torch.inference_mode()
@@ -42,12 +62,17 @@ def evaluate_model(
     compute_bf: bool = True,
     channels_last: bool = False,
     mc_samples: int = 0,
+    em_foreground: int | None = None,
 ) -> dict:
     """Score ``model`` on every (image, mask) batch; returns :meth:`SegmentationMetrics.compute`.
 
     With ``mc_samples > 0`` (Bayesian models) the prediction is the mean of that many
     Monte-Carlo dropout samples, and the result also holds the expected calibration error
     (``ece``) and the accuracy of pixels binned by predictive entropy.
+
+    With ``em_foreground`` (the cell class of binary EM data, see :func:`em_foreground_class`) the
+    result also holds :func:`seglab.metrics.em_metrics`: ``pixel_error``, ``foreground_iou`` and
+    the adapted ``rand_error`` (with its precision and recall).
     """
     from ..uncertainty import CalibrationMeter, mc_dropout, mc_probabilities, uncertainty_maps
 
@@ -55,6 +80,7 @@ def evaluate_model(
     model.eval()
     metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, compute_bf=compute_bf)
     calibration = CalibrationMeter(num_classes, ignore_index) if mc_samples else None
+    slices: tuple[list, list] = ([], [])  # predicted and true label slices for the EM metrics
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with autocast(device, amp_dtype):
@@ -66,17 +92,33 @@ def evaluate_model(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if calibration is None:
-            metrics.update(logits_to_labels(forward(images)), masks)
-            continue
-        with mc_dropout(model):
-            maps = uncertainty_maps(mc_probabilities(forward, images, mc_samples))
-        metrics.update(maps["mean"].argmax(1), masks)
-        calibration.update(maps["mean"], maps["entropy"], masks)
+            preds = logits_to_labels(forward(images))
+        else:
+            with mc_dropout(model):
+                maps = uncertainty_maps(mc_probabilities(forward, images, mc_samples))
+            preds = maps["mean"].argmax(1)
+            calibration.update(maps["mean"], maps["entropy"], masks)
+        metrics.update(preds, masks)
+        if em_foreground is not None:
+            slices[0].extend(preds.to(torch.uint8).cpu())
+            slices[1].extend(masks.cpu())
     model.train(was_training)
     results = metrics.compute()
     if calibration is not None:
         results.update(calibration.compute(), mc_samples=mc_samples)
+    if em_foreground is not None and slices[0]:
+        scores = em_metrics(slices[0], slices[1], foreground=em_foreground, ignore_index=ignore_index)
+        results.update({k: scores[k] for k in EM_KEYS})
     return results
+
+
+#: Keys :func:`evaluate_model` adds for binary EM data.
+EM_KEYS: tuple[str, ...] = ("pixel_error", "foreground_iou", "rand_error", "rand_precision", "rand_recall")
+
+
+def em_foreground_class(dataset: str) -> int | None:
+    """The cell class id of data sets scored with the EM metrics (ISBI 2012), else None."""
+    return 1 if dataset == "isbi2012" else None
 
 
 def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: str = "val", batch_size: int = 2,
@@ -107,5 +149,6 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: st
     dataset = build_dataset(data_cfg, split, train=False)
     loader = build_eval_loader(dataset, batch_size, cfg.data.num_workers, dev.type == "cuda")
     results = evaluate_model(model, loader, info.num_classes, info.ignore_index, dev, resolve_amp(cfg.train.amp, dev),
-                             infer_size=ckpt.get("image_size"), compute_bf=compute_bf, mc_samples=mc_samples)
+                             infer_size=ckpt.get("image_size"), compute_bf=compute_bf, mc_samples=mc_samples,
+                             em_foreground=em_foreground_class(cfg.data.dataset))
     return {"checkpoint": str(path), "split": split, "class_names": list(info.class_names), **results}

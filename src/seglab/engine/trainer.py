@@ -30,14 +30,28 @@ from ..errors import SeglabError
 from ..losses import BINARY_LOSSES, build_loss, resolve_class_weights
 from ..metrics import format_metrics_table
 from ..registry import create_model
+from ..tiling import center_crop
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from .evaluate import evaluate_model
+from .evaluate import EM_KEYS, em_foreground_class, evaluate_model
 from .loader import build_eval_loader, build_train_loader
 from .logging import MetricsLogger, dumps
 from .optim import build_optimizer, build_scheduler
 from .runtime import autocast, configure_threads, resolve_amp, rng_state, seed_everything, select_device, set_rng_state
 
 __all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged"]
+
+
+def _check_valid_crop(model: torch.nn.Module, cfg: Config) -> None:
+    """Valid-convolution models train on crops of a size they accept: fail before the first step."""
+    check = getattr(model, "valid_input_size", None)
+    crop = cfg.data.crop_size
+    if check is None or crop is None or check(tuple(crop)):
+        return
+    nearest = [model.nearest_valid_sizes(int(size)) for size in crop]
+    hints = "; ".join(f"{size} -> {below} or {above}" for size, (below, above) in zip(crop, nearest) if not check(int(size)))
+    raise SeglabError(f"{cfg.model.name} cannot train on {crop[0]}x{crop[1]} crops (data.crop_size): its unpadded "
+                      f"convolutions need sizes that pool evenly (nearest valid: {hints}). Set e.g. "
+                      f"--data.crop_size {' '.join(str(above) for _, above in nearest)}.")
 
 
 class TrainingDiverged(SeglabError):
@@ -109,6 +123,7 @@ class Trainer:
         # A binary loss trains a one-channel (sigmoid) head on two-class data.
         self.model_num_classes = 1 if cfg.loss.name in BINARY_LOSSES else self.info.num_classes
         self.model = create_model(cfg.model.name, self.model_num_classes, **kwargs).to(self.device)
+        _check_valid_crop(self.model, cfg)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         weights = resolve_class_weights(cfg.loss.class_weights, self.info.num_classes,
@@ -250,6 +265,10 @@ class Trainer:
         with autocast(self.device, self.amp_dtype):
             logits = self.model(images)
         extra = tuple(e.to(self.device, non_blocking=True) for e in extra)
+        if logits.shape[-2:] != masks.shape[-2:]:
+            # Valid-convolution models (unet_valid) predict the centre of their input tile:
+            # score that centre only, as the U-Net paper trains (572 in, 388 labelled out).
+            masks, extra = center_crop(masks, logits.shape[-2:]), tuple(center_crop(e, logits.shape[-2:]) for e in extra)
         loss = self.criterion(logits.float(), masks, *extra)
         value = loss.item()
         if not math.isfinite(value):
@@ -275,8 +294,10 @@ class Trainer:
         start = time.perf_counter()
         results = evaluate_model(self.model, self.val_loader, self.info.num_classes, self.info.ignore_index, self.device,
                                  self.amp_dtype, infer_size=self.cfg.data.image_size, compute_bf=t.val_bf,
-                                 channels_last=t.channels_last)
-        summary = {f"val_{k}": results[k] for k in ("global_acc", "class_acc", "miou", "fwiou", "bf")}
+                                 channels_last=t.channels_last,
+                                 em_foreground=em_foreground_class(self.cfg.data.dataset))
+        summary = {f"val_{k}": results[k] for k in ("global_acc", "class_acc", "miou", "fwiou", "bf", *EM_KEYS)
+                   if k in results}
         summary["val_iou"] = results["iou"]
         summary["val_seconds"] = time.perf_counter() - start
         score = results.get(t.select_metric)

@@ -22,6 +22,10 @@ _SUMMARY = (
     ("miou", "mIoU"),
     ("fwiou", "fwIoU"),
     ("bf", "BF (boundary F1)"),
+    # Binary EM data (ISBI 2012) only; see seglab.metrics.em_metrics.
+    ("pixel_error", "pixel error"),
+    ("foreground_iou", "foreground IoU"),
+    ("rand_error", "Rand error (adapted)"),
 )
 
 

@@ -14,8 +14,9 @@ They are written with plain tensor ops (strided views, comparisons, ``where``, r
 export to ONNX, unlike ``max_unpool2d``, whose ONNX export has a long failure history.
 
 The price is speed in eager mode: several elementwise passes instead of PyTorch's fused kernels.
-On 2 CPU cores pool + unpool of a 64x360x480 map took 374 ms against 155 ms, and a whole SegNet
-360x480 forward 5.39 s against 4.68 s, which is why SegNet keeps int64 indices by default.
+On 2 CPU cores pool + unpool of a 64x360x480 map took ~2.2x as long (323 vs 152 ms); a whole
+SegNet 360x480 forward 1-15 % longer (the convolutions dominate), which is why SegNet keeps int64
+indices by default.
 
 Example:
     >>> x = torch.tensor([[[[1., 2.], [4., 3.]]]])

@@ -58,7 +58,8 @@ PoolSizes = list[tuple[int, int]]
 
 #: Index storage of the ``segnet`` / ``segnet_basic`` builders (see :func:`set_index_format`).
 #: int64, because PyTorch's fused pooling kernels are faster in eager mode: a SegNet 360x480
-#: CPU forward took 4.68 s with int64 indices, 5.39 s with uint8 codes (median of 5, 2 cores).
+#: CPU forward (2 cores, median of 5) took 2.28 s with int64 indices and 2.30 s with uint8 codes
+#: on idle cores, 4.68 s and 5.39 s on busy ones; the codes were slower in every paired run.
 #: Pick ``"uint8"`` (8x less index memory) or ``"packed"`` (32x) when memory matters more.
 DEFAULT_INDEX_FORMAT = "int64"
 

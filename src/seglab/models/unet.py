@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SeglabError
+from ..tiling import center_crop
 from ..registry import register_model
 from .blocks import ConvNormAct, init_he
 
@@ -154,9 +155,7 @@ class UNetDecoder(nn.Module):
     def _merge(self, up: Tensor, skip: Tensor) -> Tensor:
         if self.center_crop_skips:
             # Valid convs: the skip is larger; keep its centre (the paper's crop-and-copy).
-            top = (skip.shape[-2] - up.shape[-2]) // 2
-            left = (skip.shape[-1] - up.shape[-1]) // 2
-            skip = skip[..., top : top + up.shape[-2], left : left + up.shape[-1]]
+            skip = center_crop(skip, up.shape[-2:])
         else:
             # Padded convs: ceil-mode pooling made ``up`` at most one pixel larger; drop it.
             up = up[..., : skip.shape[-2], : skip.shape[-1]]

@@ -24,12 +24,62 @@ from .errors import SeglabError
 from .fastpath import optimize_for_inference
 from .tiling import predict_tiled
 
-__all__ = ["Segmenter"]
+__all__ = ["Predictor", "Segmenter"]
 
 ImageLike = np.ndarray | Image.Image | str | Path
 
 
-class Segmenter:
+class Predictor:
+    """What every prediction backend shares: reading images, normalising them, and turning
+    logits into probabilities and label maps. Subclasses set ``mean`` / ``std`` (``3 x 1 x 1``
+    tensors) and implement :meth:`predict_logits` (:class:`Segmenter` for PyTorch,
+    :class:`seglab.onnx_backend.OnnxSegmenter` for onnxruntime)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @staticmethod
+    def load(image: ImageLike) -> np.ndarray:
+        """Any supported image input as an ``H x W x 3`` uint8 array."""
+        if isinstance(image, (str, Path)):
+            return read_image(image)
+        if isinstance(image, Image.Image):
+            return np.asarray(image.convert("RGB"))
+        if isinstance(image, np.ndarray):
+            if image.ndim == 2:
+                image = np.repeat(image[..., None], 3, axis=2)
+            if image.ndim != 3 or image.shape[2] not in (3, 4):
+                raise SeglabError(f"Expected an H x W x 3 RGB array, got shape {image.shape}.")
+            if image.dtype != np.uint8:
+                raise SeglabError(f"Expected a uint8 RGB array (0-255), got dtype {image.dtype}; convert with .astype(np.uint8).")
+            return image[..., :3]
+        raise SeglabError(f"Cannot read an image from {type(image).__name__}: pass a path, a PIL image or a uint8 array.")
+
+    def preprocess(self, image: ImageLike) -> torch.Tensor:
+        """``1 x 3 x H x W`` normalised float32 tensor (CPU) at the image's own size."""
+        array = self.load(image)
+        x = torch.from_numpy(np.require(array, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255)
+        return ((x - self.mean) / self.std).unsqueeze(0)
+
+    def predict_logits(self, image: ImageLike) -> torch.Tensor:
+        """Logits ``C x H x W`` (float32, CPU) at the image's own size."""
+        raise NotImplementedError
+
+    def predict_proba(self, image: ImageLike) -> np.ndarray:
+        """Class probabilities ``C x H x W`` (softmax; sigmoid for one-channel binary models)."""
+        logits = self.predict_logits(image)
+        probs = torch.sigmoid(logits) if logits.shape[0] == 1 else logits.softmax(0)
+        return probs.numpy()
+
+    def predict(self, image: ImageLike) -> np.ndarray:
+        """Class ids ``H x W`` (int64) for one RGB image (path, PIL image or uint8 array)."""
+        logits = self.predict_logits(image)
+        if logits.shape[0] == 1:
+            return (logits[0] > 0).long().numpy()
+        return logits.argmax(0).numpy()
+
+
+class Segmenter(Predictor):
     """A model plus everything needed to turn an RGB image into a label map."""
 
     def __init__(
@@ -88,33 +138,11 @@ class Segmenter:
                    model_name=ckpt["model_name"], tile=tile, tile_overlap=tile_overlap,
                    model_out_channels=ckpt.get("model_num_classes"), fast=fast)
 
-    # ------------------------------------------------------------------ input
-    @staticmethod
-    def load(image: ImageLike) -> np.ndarray:
-        """Any supported image input as an ``H x W x 3`` uint8 array."""
-        if isinstance(image, (str, Path)):
-            return read_image(image)
-        if isinstance(image, Image.Image):
-            return np.asarray(image.convert("RGB"))
-        if isinstance(image, np.ndarray):
-            if image.ndim == 2:
-                image = np.repeat(image[..., None], 3, axis=2)
-            if image.ndim != 3 or image.shape[2] not in (3, 4):
-                raise SeglabError(f"Expected an H x W x 3 RGB array, got shape {image.shape}.")
-            if image.dtype != np.uint8:
-                raise SeglabError(f"Expected a uint8 RGB array (0-255), got dtype {image.dtype}; convert with .astype(np.uint8).")
-            return image[..., :3]
-        raise SeglabError(f"Cannot read an image from {type(image).__name__}: pass a path, a PIL image or a uint8 array.")
-
-    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255)
-        return ((x - self.mean) / self.std).unsqueeze(0)
-
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
     def predict_logits(self, image: ImageLike) -> torch.Tensor:
         """Logits ``C x H x W`` (float32, CPU) at the image's own size."""
-        x = self._to_tensor(self.load(image)).to(self.device)
+        x = self.preprocess(image).to(self.device)
         with autocast(self.device, self.amp_dtype):
             if self.tile is None:
                 logits = forward_at_size(self.forward_model, x, self.infer_size)
@@ -123,20 +151,6 @@ class Segmenter:
                                        valid_model=self.valid_model)
         return logits[0].float().cpu()
 
-
-    def predict_proba(self, image: ImageLike) -> np.ndarray:
-        """Class probabilities ``C x H x W`` (softmax; sigmoid for one-channel binary models)."""
-        logits = self.predict_logits(image)
-        probs = torch.sigmoid(logits) if logits.shape[0] == 1 else logits.softmax(0)
-        return probs.numpy()
-
-    def predict(self, image: ImageLike) -> np.ndarray:
-        """Class ids ``H x W`` (int64) for one RGB image (path, PIL image or uint8 array)."""
-        logits = self.predict_logits(image)
-        if logits.shape[0] == 1:
-            return (logits[0] > 0).long().numpy()
-        return logits.argmax(0).numpy()
-
     def predict_mc(self, image: ImageLike, samples: int) -> dict[str, np.ndarray]:
         """Monte-Carlo dropout prediction (Bayesian models): labels, mean probabilities and
         ``entropy`` / ``mutual_info`` / ``variance`` maps, all at the image's size; the
@@ -144,7 +158,7 @@ class Segmenter:
         from .uncertainty import mc_dropout, mc_probabilities, require_dropout, uncertainty_maps
 
         require_dropout(self.model, self.model_name)
-        x = self._to_tensor(self.load(image)).to(self.device)
+        x = self.preprocess(image).to(self.device)
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, self.amp_dtype):

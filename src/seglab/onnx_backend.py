@@ -30,7 +30,7 @@ import torch
 from .engine.evaluate import forward_at_size
 from .errors import SeglabError
 from .export import METADATA_KEY, Parity, compare_logits, read_onnx_metadata
-from .inference import ImageLike, Segmenter
+from .inference import ImageLike, Predictor
 from .tiling import predict_tiled
 
 __all__ = ["QUANTIZED_OPS", "OnnxSegmenter", "QuantizeReport", "quantize_onnx"]
@@ -56,7 +56,7 @@ def _session_options(threads: int | None) -> Any:
     return options
 
 
-class OnnxSegmenter:
+class OnnxSegmenter(Predictor):
     """An exported model in an onnxruntime session plus what turns images into label maps.
 
     Args:
@@ -103,14 +103,6 @@ class OnnxSegmenter:
         """Same as the constructor; mirrors ``Segmenter.from_checkpoint``."""
         return cls(path, threads=threads, tile=tile, tile_overlap=tile_overlap)
 
-    load = staticmethod(Segmenter.load)
-
-    def preprocess(self, image: ImageLike) -> torch.Tensor:
-        """``1 x 3 x H x W`` normalised float32 tensor at the image's own size."""
-        array = self.load(image)
-        x = torch.from_numpy(np.require(array, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255)
-        return ((x - self.mean) / self.std).unsqueeze(0)
-
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a ``N x 3 x H x W`` batch, straight from onnxruntime."""
         out = self.session.run(None, {self.input_name: x.numpy()})[0]
@@ -125,19 +117,6 @@ class OnnxSegmenter:
             else:
                 logits = predict_tiled(self.run, x, self.model_out_channels, self.tile, self.tile_overlap)
         return logits[0].float()
-
-    def predict_proba(self, image: ImageLike) -> np.ndarray:
-        """Class probabilities ``C x H x W`` (softmax; sigmoid for one-channel binary models)."""
-        logits = self.predict_logits(image)
-        probs = torch.sigmoid(logits) if logits.shape[0] == 1 else logits.softmax(0)
-        return probs.numpy()
-
-    def predict(self, image: ImageLike) -> np.ndarray:
-        """Class ids ``H x W`` (int64) for one RGB image (path, PIL image or uint8 array)."""
-        logits = self.predict_logits(image)
-        if logits.shape[0] == 1:
-            return (logits[0] > 0).long().numpy()
-        return logits.argmax(0).numpy()
 
     def predict_mc(self, image: ImageLike, samples: int) -> dict[str, np.ndarray]:
         """Not available: exported graphs run in eval mode, without dropout sampling."""

@@ -62,6 +62,17 @@ def test_train_evaluate_predict_on_synthetic(tmp_path, capsys):
     overlay = Image.open(tmp_path / "pred" / "im0_overlay.png")
     assert overlay.size[0] > 50  # the legend is appended on the right
 
+    # Export, then score the ONNX file through the same protocol: it matches PyTorch.
+    pytest.importorskip("onnxruntime")
+    code, out, _ = _run(capsys, "export", run / "best.pt", "--out", tmp_path / "model.onnx")
+    assert code == 0 and "argmax agreement" in out
+    code, out, _ = _run(capsys, "evaluate", run / "best.pt", "--onnx", tmp_path / "model.onnx", "--no-bf",
+                        "--out", tmp_path / "eval_onnx.json")
+    assert code == 0, out
+    onnx_results = json.loads((tmp_path / "eval_onnx.json").read_text())
+    assert onnx_results["onnx"] == str(tmp_path / "model.onnx")
+    assert onnx_results["miou"] == pytest.approx(results["miou"], abs=1e-3)
+
 
 def test_user_errors_are_one_paragraph_without_traceback(tmp_path, capsys):
     code, _, err = _run(capsys, "train", tmp_path / "missing.yaml")

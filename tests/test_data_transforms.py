@@ -134,3 +134,27 @@ def test_mask_resampled_at_pixel_centres_like_the_image():
     ours = (_red_label(img) == mask).float().mean()
     legacy = F.resize(tv_tensors.Mask(torch.from_numpy(labels)), list(mask.shape), v2.InterpolationMode.NEAREST)
     assert ours > (_red_label(img) == legacy.long()).float().mean() + 0.05
+
+
+def test_vertical_flips_and_quarter_turns_keep_image_and_mask_aligned():
+    image, labels = _labelled_scene(48, 48)
+    tf = build_transforms(_cfg(crop_size=[32, 32], hflip=False, vflip=True, rotate90=True), train=True,
+                          ignore_index=255)
+    corners = set()
+    for seed in range(24):
+        torch.manual_seed(seed)
+        img, mask = tf(image, labels)
+        assert img.shape == (3, 32, 32) and torch.equal(_red_label(img), mask)
+        cols = torch.round((img[1] * STD[1] + MEAN[1]) * 255)  # the source column of every pixel
+        # Where the source columns grow tells the orientation: right, left, down or up.
+        corners.add((bool(cols[0, -1] > cols[0, 0]), bool(cols[-1, 0] > cols[0, 0])))
+    assert len(corners) >= 3  # several orientations were drawn
+
+
+def test_non_square_samples_turn_by_half_turns_only():
+    image, labels = _labelled_scene(48, 64)
+    tf = build_transforms(_cfg(crop_size=[24, 32], hflip=False, rotate90=True), train=True, ignore_index=255)
+    for seed in range(8):
+        torch.manual_seed(seed)
+        img, mask = tf(image, labels)
+        assert img.shape == (3, 24, 32) and torch.equal(_red_label(img), mask)

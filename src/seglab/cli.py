@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--mc-samples", type=int, default=0,
                    help="Monte-Carlo dropout samples (Bayesian models): also reports calibration (ECE)")
+    e.add_argument("--onnx", metavar="FILE",
+                   help="score this exported .onnx file (e.g. the int8 one from `seglab export --int8`) in "
+                        "onnxruntime instead of the checkpoint's PyTorch weights; the checkpoint still supplies "
+                        "the data set, classes and resolution")
 
     pr = add("predict", "Predict images, folders or globs to label, colour and overlay PNGs.",
              "seglab predict runs/camvid/best.pt street.png more_images/ 'shots/*.jpg' --out predictions/")
@@ -122,7 +126,7 @@ def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from .metrics import format_metrics_table
 
     results = evaluate_checkpoint(args.checkpoint, extra, args.split, args.batch_size, not args.no_bf, args.device,
-                                  mc_samples=args.mc_samples)
+                                  mc_samples=args.mc_samples, onnx=args.onnx)
     print(format_metrics_table(results, results["class_names"]))
     if args.mc_samples:
         print(f"Monte-Carlo dropout, {args.mc_samples} samples: expected calibration error {100 * results['ece']:.2f} %")

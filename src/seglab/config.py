@@ -69,6 +69,9 @@ class DataConfig:
     crop_size: list[int] | None = None
     scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
     hflip: bool = True
+    # Vertical flips and random quarter turns: for data without an "up" (EM slices), not road scenes.
+    vflip: bool = False
+    rotate90: bool = False
     color_jitter: float = 0.0
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))

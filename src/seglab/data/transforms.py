@@ -1,7 +1,8 @@
 """Joint image/mask transforms built on ``torchvision.transforms.v2``.
 
 Training: random scale -> random crop (padding the image with 0 and the mask with the
-ignore index when it is smaller than the crop) -> horizontal flip -> colour jitter (image
+ignore index when it is smaller than the crop) -> horizontal flip -> optional vertical flip
+and quarter turns (for data without an "up", e.g. EM slices) -> colour jitter (image
 only) -> float + normalise. Evaluation: float + normalise only, at full size.
 
 Masks travel as ``tv_tensors.Mask``, so every geometric step resamples them with
@@ -58,6 +59,9 @@ class SegmentationTransform:
         crop_size: ``[H, W]`` of the random crop, or None for no crop.
         scale_range: ``[low, high]`` of the random rescale factor.
         hflip: Flip left-right with probability 0.5.
+        vflip: Flip upside down with probability 0.5 (off for road scenes, whose sky is up).
+        rotate90: Rotate by a random multiple of 90 degrees: any of the four for square
+            samples, 0 or 180 otherwise so a batch keeps one shape. Exact: no resampling.
         color_jitter: Strength ``s``: brightness, contrast and saturation vary by factors
             in ``[1 - s, 1 + s]`` (hue is left alone).
     """
@@ -72,6 +76,8 @@ class SegmentationTransform:
         crop_size: Sequence[int] | None = None,
         scale_range: Sequence[float] = (1.0, 1.0),
         hflip: bool = True,
+        vflip: bool = False,
+        rotate90: bool = False,
         color_jitter: float = 0.0,
     ) -> None:
         self.train = train
@@ -89,6 +95,8 @@ class SegmentationTransform:
             else None
         )
         self.flip = v2.RandomHorizontalFlip(p=0.5) if hflip else None
+        self.vflip = v2.RandomVerticalFlip(p=0.5) if vflip else None
+        self.rotate90 = bool(rotate90)
         s = float(color_jitter)
         # No hue jitter: on a CPU it costs about ten times brightness, contrast and saturation together.
         self.jitter = v2.ColorJitter(brightness=s, contrast=s, saturation=s) if s > 0 else None
@@ -109,10 +117,15 @@ class SegmentationTransform:
     def _augment(self, image: tv_tensors.Image, mask: tv_tensors.Mask | None):
         image, mask = self._random_scale(image, mask)
         pair = (image, mask) if mask is not None else (image,)
-        for step in (self.crop, self.flip):
+        for step in (self.crop, self.flip, self.vflip):
             if step is not None:
                 out = step(*pair)  # v2 returns a bare tensor for a single input, a tuple otherwise
                 pair = out if isinstance(out, tuple) else (out,)
+        if self.rotate90:
+            square = pair[0].shape[-2] == pair[0].shape[-1]
+            turns = int(torch.randint(4, ())) if square else 2 * int(torch.randint(2, ()))
+            if turns:
+                pair = tuple(tv_tensors.wrap(torch.rot90(t, turns, dims=(-2, -1)), like=t) for t in pair)
         if self.jitter is not None:
             pair = (self.jitter(pair[0]), *pair[1:])  # colour changes never touch labels
         return pair[0], (pair[1] if mask is not None else None)
@@ -139,7 +152,8 @@ class SegmentationTransform:
     def __repr__(self) -> str:
         return (
             f"SegmentationTransform(train={self.train}, crop_size={self.crop_size}, scale_range={self.scale_range}, "
-            f"hflip={self.flip is not None}, color_jitter={self.jitter is not None}, ignore_index={self.ignore_index})"
+            f"hflip={self.flip is not None}, vflip={self.vflip is not None}, rotate90={self.rotate90}, "
+            f"color_jitter={self.jitter is not None}, ignore_index={self.ignore_index})"
         )
 
 
@@ -172,5 +186,7 @@ def build_transforms(cfg: DataConfig, train: bool, ignore_index: int | None = No
         crop_size=cfg.crop_size,
         scale_range=cfg.scale_range,
         hflip=cfg.hflip,
+        vflip=cfg.vflip,
+        rotate90=cfg.rotate90,
         color_jitter=cfg.color_jitter,
     )

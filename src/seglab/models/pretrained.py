@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from ..errors import SeglabError
 
-__all__ = ["VGG16_BN_FEATURE_INDICES", "load_vgg16_bn_encoder", "read_vgg16_bn_features", "vgg16_bn_key_map"]
+__all__ = ["VGG16_BN_FEATURE_INDICES", "load_vgg16_bn_encoder", "read_state_dict_file", "read_vgg16_bn_features",
+           "vgg16_bn_key_map"]
 
 #: ``(conv, batchnorm)`` positions in ``torchvision.models.vgg16_bn().features`` of the 13 conv
 #: layers, in order; ReLUs and the 5 max-pools (at 6, 13, 23, 33, 43) have no weights.
@@ -74,21 +75,21 @@ def _download_imagenet() -> dict[str, Tensor]:
         ) from e
 
 
-def _read_file(path: Path) -> Mapping[str, Tensor]:
-    """Load a state dict from ``path``; any failure becomes a :class:`SeglabError` naming the file."""
+def read_state_dict_file(path: Path, option: str, how_to_save: str) -> Mapping[str, Tensor]:
+    """Load a state dict from ``path``; any failure becomes a :class:`SeglabError` naming the file.
+
+    ``option`` is the user-facing setting that named the file and ``how_to_save`` the
+    command that writes a valid one; both go into the messages.
+    """
     if not path.is_file():
-        raise SeglabError(
-            f"pretrained_encoder {str(path)!r} is neither 'imagenet' nor an existing file. "
-            f"Pass 'imagenet' or the path of a file written by {_HOW_TO_SAVE}."
-        )
+        raise SeglabError(f"{option} {str(path)!r} is neither 'imagenet' nor an existing file. "
+                          f"Pass 'imagenet' or the path of a file written by {how_to_save}.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (pickle, zip and torch errors alike mean "unreadable")
-        raise SeglabError(f"Could not read pretrained_encoder file {str(path)!r}: {e}") from e
+        raise SeglabError(f"Could not read {option} file {str(path)!r}: {e}") from e
     if not isinstance(state, Mapping):
-        raise SeglabError(
-            f"{str(path)!r} holds a {type(state).__name__}, not a state dict. Save it with {_HOW_TO_SAVE}."
-        )
+        raise SeglabError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict. Save it with {how_to_save}.")
     return state
 
 
@@ -112,7 +113,7 @@ def read_vgg16_bn_features(source: str | Path) -> tuple[dict[str, Tensor], str]:
     if str(source) == "imagenet":
         state, where = _download_imagenet(), "torchvision ImageNet VGG16-BN weights"
     else:
-        state, where = _read_file(Path(source)), f"file {str(source)!r}"
+        state, where = read_state_dict_file(Path(source), "pretrained_encoder", _HOW_TO_SAVE), f"file {str(source)!r}"
     # DataParallel checkpoints prefix "module."; whole-model dicts prefix "features.".
     return _strip_prefix(_strip_prefix(state, "module."), "features."), where
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..errors import SeglabError
 from .blocks import ConvNormAct
-from .pretrained import vgg16_bn_key_map
+from .pretrained import read_state_dict_file, vgg16_bn_key_map
 from .segnet import VGG16_STAGES
 
 __all__ = [
@@ -202,22 +202,6 @@ def _download_imagenet(batch_norm: bool) -> dict[str, Tensor]:
         ) from e
 
 
-def _load_file(path: Path, batch_norm: bool) -> Mapping[str, Tensor]:
-    if not path.is_file():
-        raise SeglabError(
-            f"pretrained_backbone {str(path)!r} is neither 'imagenet' nor an existing file. "
-            f"Pass 'imagenet' or the path of a file written by {_how_to_save(batch_norm)}."
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (pickle, zip and torch errors alike mean "unreadable")
-        raise SeglabError(f"Could not read pretrained_backbone file {str(path)!r}: {e}") from e
-    if not isinstance(state, Mapping):
-        raise SeglabError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict. "
-                          f"Save one with {_how_to_save(batch_norm)}.")
-    return state
-
-
 def read_vgg16_state(source: str | Path, *, batch_norm: bool = False) -> tuple[dict[str, Tensor], str]:
     """Read a whole ``vgg16``/``vgg16_bn`` state dict (``features.*`` and ``classifier.*`` keys).
 
@@ -231,7 +215,8 @@ def read_vgg16_state(source: str | Path, *, batch_norm: bool = False) -> tuple[d
     if str(source) == "imagenet":
         state, where = _download_imagenet(batch_norm), "torchvision ImageNet weights"
     else:
-        state, where = _load_file(Path(source), batch_norm), f"file {str(source)!r}"
+        state = read_state_dict_file(Path(source), "pretrained_backbone", _how_to_save(batch_norm))
+        where = f"file {str(source)!r}"
     if any(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return dict(state), where

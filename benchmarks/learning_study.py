@@ -65,8 +65,9 @@ def smoke_runs() -> list[Run]:
             Run("fcn_basic", "configs/fcn_basic_camvid.yaml", tiny)]
 
 
-def run_one(run: Run, epochs: int, steps: int, out_dir: Path) -> dict:
-    budget = ["--train.epochs", str(epochs), "--train.max_steps_per_epoch", str(steps),
+def run_one(run: Run, epochs: int, steps: int, out_dir: Path, threads: int | None) -> dict:
+    budget = ["--train.threads", str(threads)] if threads else []
+    budget += ["--train.epochs", str(epochs), "--train.max_steps_per_epoch", str(steps),
               "--train.val_every", str(epochs), "--train.progress", "false",
               "--train.out_dir", str(out_dir), "--train.run_name", run.label]
     overrides = run.overrides + budget
@@ -97,6 +98,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=15, help="optimisation steps per epoch")
     parser.add_argument("--only", nargs="+", help="run only these labels")
+    parser.add_argument("--threads", type=int, help="intra-op threads per run (default: all cores)")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic runs that check the script")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "study"))
     args = parser.parse_args()
@@ -105,7 +107,7 @@ def main() -> None:
         runs = [r for r in runs if r.label in args.only]
     rows = []
     for run in runs:
-        rows.append(run_one(run, run.epochs or args.epochs, run.steps or args.steps, Path(args.out_dir)))
+        rows.append(run_one(run, run.epochs or args.epochs, run.steps or args.steps, Path(args.out_dir), args.threads))
         print(json.dumps(rows[-1]), flush=True)
     print(markdown(rows))
     RESULTS.mkdir(parents=True, exist_ok=True)

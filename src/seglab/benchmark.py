@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_write_text
 from .benchmark_case import PEER_MODELS, RESULT_MARKER
 from .errors import SeglabError
 
@@ -250,20 +251,7 @@ def _meta(threads: int, device: str, conv_peak: dict[str, Any], warmup: int, rep
 
 def write_json(path: str | Path, payload: Any) -> Path:
     """Write ``payload`` as JSON atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=1))
 
 
 _COLUMNS: tuple[tuple[str, str, str], ...] = (

@@ -122,6 +122,7 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from .engine.evaluate import evaluate_checkpoint
+    from .atomic import atomic_write_text
     from .engine.logging import dumps
     from .metrics import format_metrics_table
 
@@ -135,8 +136,7 @@ def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
                 print(f"  entropy {b['entropy_from']:.1f}-{b['entropy_to']:.1f} of max: "
                       f"{b['pixels']:>9} px, accuracy {100 * b['accuracy']:.1f} %")
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{args.split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(dumps(results, indent=2))
+    atomic_write_text(out, dumps(results, indent=2))
     print(f"seglab: metrics written to {out}")
     return 0
 

@@ -21,6 +21,7 @@ from typing import Any, Union
 
 import yaml
 
+from .atomic import atomic_write_text
 from .errors import SeglabError, did_you_mean
 
 __all__ = [
@@ -305,4 +306,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(cfg: Config, path: str | Path) -> None:
     """Write ``cfg`` as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

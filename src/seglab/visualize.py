@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .atomic import atomic_write
 
 __all__ = ["colorize", "overlay", "add_legend", "save_png", "heatmap"]
 
@@ -62,14 +62,4 @@ def add_legend(image: np.ndarray, class_ids: Sequence[int], class_names: Sequenc
 
 def save_png(array: np.ndarray, path: str | Path) -> None:
     """Write ``array`` as PNG atomically (uint8 or uint16 single-channel, or RGB)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

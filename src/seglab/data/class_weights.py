@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_text
 from ..config import DataConfig
 from ..errors import SeglabError, did_you_mean
 from .build import build_dataset, dataset_info
@@ -128,12 +128,7 @@ def _read_cache(path: Path, num_classes: int) -> list[float] | None:
 
 def _write_cache(path: Path, payload: dict[str, Any]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write beside the target and rename: readers never see a half-written file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(payload, indent=1))  # readers never see a half-written file
     except OSError:
         pass  # an unwritable cache only costs recomputation next time
 

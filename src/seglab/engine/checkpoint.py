@@ -9,14 +9,13 @@ and renamed over the target, so a crash mid-write leaves the previous file intac
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..config import Config, config_from_dict
 from ..errors import SeglabError
 from ..registry import create_model
@@ -24,26 +23,6 @@ from ..registry import create_model
 __all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "check_compatible", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "seglab-checkpoint-v1"
-
-
-def atomic_write(path: str | Path, write_fn) -> None:
-    """Call ``write_fn(tmp_path)`` then rename the temporary file onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give them normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
+from ..atomic import atomic_write_text
 from ..config import Config, config_to_dict, dump_config
 from ..data import build_dataset, compute_class_weights, dataset_info
 from ..errors import SeglabError
@@ -314,7 +315,7 @@ class Trainer:
     def _write_summary(self) -> None:
         if self.best_metrics is None:
             return
-        (self.run_dir / "metrics.json").write_text(dumps(
+        atomic_write_text(self.run_dir / "metrics.json", dumps(
             {"split": self.cfg.data.val_split, "class_names": list(self.info.class_names), **self.best_metrics}, indent=2))
         print(format_metrics_table(self.best_metrics, list(self.info.class_names)))
 

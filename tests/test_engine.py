@@ -196,3 +196,20 @@ def test_tiled_prediction_matches_whole_image(tmp_path):
     result = train(tiny_config(tmp_path, epochs=1))
     seg = Segmenter.from_checkpoint(result.best_checkpoint, device="cpu", tile=(48, 64), tile_overlap=16)
     assert seg.predict(image).shape == (70, 90)
+
+
+def test_init_from_fine_tunes_with_a_fresh_schedule_and_another_loss(tmp_path):
+    from seglab.engine.trainer import Trainer
+
+    first = train(tiny_config(tmp_path / "a", epochs=1))
+    cfg = tiny_config(tmp_path / "b", init_from=str(first.best_checkpoint), lr=0.01)
+    cfg.loss.class_weights = "none"  # unlike resume, the config may change
+    trainer = Trainer(cfg)
+    assert trainer.epoch == 0 and trainer.global_step == 0
+    expected = _weights(first.best_checkpoint)
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    wrong = tiny_config(tmp_path / "c", init_from=str(first.best_checkpoint))
+    wrong.model.name = "segnet"
+    with pytest.raises(SeglabError, match="'segnet_basic' model, but 'segnet'"):
+        Trainer(wrong)

@@ -132,6 +132,9 @@ class TrainConfig:
     out_dir: str = "runs"
     run_name: str | None = None
     resume: str | None = None
+    # Fine-tuning: start from this checkpoint's model weights (same model and classes), with a
+    # fresh optimizer, schedule and epoch count; unlike ``resume``, the config may differ.
+    init_from: str | None = None
     max_steps_per_epoch: int | None = None
     select_metric: str = "miou"  # metric picking the best checkpoint
     log_format: str = "jsonl"  # jsonl | csv

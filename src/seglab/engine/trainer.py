@@ -94,6 +94,8 @@ class Trainer:
         self.best_metrics: dict[str, Any] | None = None
         if t.resume:
             self._resume(t.resume)
+        elif t.init_from:
+            self._init_from(t.init_from)
         self.run_dir = self._make_run_dir()
         self.logger = MetricsLogger(self.run_dir, t.log_format)
 
@@ -146,6 +148,11 @@ class Trainer:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(self.cfg, run_dir / "config.yaml")
         return run_dir
+
+    def _init_from(self, path: str) -> None:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        check_compatible(ckpt, self.cfg.model.name, self.info.num_classes, path)
+        self.model.load_state_dict(ckpt["model"])
 
     def _resume(self, path: str) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)

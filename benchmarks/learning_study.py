@@ -75,6 +75,8 @@ def run_one(run: Run, epochs: int, steps: int, out_dir: Path, threads: int | Non
     start = time.perf_counter()
     result = train(cfg)
     seconds = time.perf_counter() - start
+    if result.interrupted:  # Ctrl-C / SIGTERM stopped the run: stop the study too, not just this run
+        raise SystemExit(f"interrupted during {run.label}; resume it with --train.resume {result.last_checkpoint}")
     metrics = result.best_metrics or {}
     keys = ("global_acc", "class_acc", "miou", "bf", "pixel_error", "foreground_iou", "rand_error")
     return {"label": run.label, "model": cfg.model.name, "steps": epochs * steps, "batch": cfg.train.batch_size,

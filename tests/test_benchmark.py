@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from seglab import benchmark
+from seglab import atomic, benchmark
 from seglab.benchmark import ROW_KEYS, format_table, run_benchmark, write_json
 from seglab.errors import SeglabError
 
@@ -103,8 +103,9 @@ def test_write_json_is_atomic(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(json, "dump", explode)
-    with pytest.raises(OSError):
+    # Fail after the temporary file is written, before it replaces the target.
+    monkeypatch.setattr(atomic.os, "fsync", explode)
+    with pytest.raises(OSError, match="disk full"):
         write_json(target, {"a": 2})
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

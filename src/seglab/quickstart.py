@@ -27,8 +27,8 @@ def quickstart_config(out_dir: str = "runs") -> Config:
     """The quickstart recipe: SegNet-Basic, AdamW + cosine, small synthetic road scenes."""
     return Config(
         model=ModelConfig(name="segnet_basic"),
-        data=DataConfig(dataset="synthetic", synthetic_train=256, synthetic_val=48, synthetic_size=[72, 96],
-                        hflip=True, color_jitter=0.2, num_workers=1),
+        data=DataConfig(dataset="synthetic", synthetic_train=224, synthetic_val=48, synthetic_size=[72, 96],
+                        hflip=True, color_jitter=0.2, num_workers=0),
         loss=LossConfig(class_weights="none"),
         train=TrainConfig(epochs=8, batch_size=8, optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="cosine",
                           warmup_epochs=0.5, val_every=2, out_dir=out_dir, run_name="quickstart"),

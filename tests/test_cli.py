@@ -92,6 +92,14 @@ def test_models_lists_parameters(capsys):
     assert code == 0 and "segnet_basic" in out and "segnet " in out
 
 
+def test_models_counts_flops_of_a_valid_convolution_model_at_a_size_it_accepts(capsys):
+    code, out, _ = _run(capsys, "models", "segnet_lite", "unet_valid", "--size", "64", "80", "--num-classes", "2")
+    assert code == 0 and "segnet_lite" in out
+    assert "unet_valid: counted at 188x188" in out  # 188 is the smallest size a depth-4 unet_valid takes
+    code, _, err = _run(capsys, "models", "segnett")
+    assert code == 2 and "segnet" in err
+
+
 @pytest.mark.skipif(not CAMVID.is_dir(), reason="../shared/data/camvid not found: the real-data CLI test runs in CI")
 def test_train_evaluate_predict_on_camvid_subset(tmp_path, capsys):
     code, out, _ = _run(capsys, "train", REPO / "configs" / "segnet_basic_camvid_cpu.yaml", "--data.root", CAMVID,

@@ -39,6 +39,7 @@ from seglab.fastpath import (
     tune_malloc,
 )
 from seglab.models.compact_pool import CodeMaxPool2d
+from seglab.models.sizes import runnable_size
 from seglab.registry import create_model, list_models
 
 NUM_CLASSES = 11
@@ -71,22 +72,13 @@ def _unpools_with_indices(model: nn.Module) -> bool:
 
 def _valid_size(model: nn.Module, size: tuple[int, int] = (64, 80)) -> tuple[int, int]:
     """``size``, or the nearest valid size above it for models with unpadded convs (``unet_valid``)."""
-    if not hasattr(model, "nearest_valid_sizes"):
-        return size
-    return model.nearest_valid_sizes(size[0])[1], model.nearest_valid_sizes(size[1])[1]
+    return runnable_size(model, size)
 
 
 def _images(batch: int, seed: int, size: tuple[int, int] = (64, 80)) -> torch.Tensor:
     """Smooth, image-like inputs (upsampled noise), normalised like ImageNet-standardised photos."""
     low = torch.randn(batch, 3, size[0] // 8, size[1] // 8, generator=torch.Generator().manual_seed(seed))
     return F.interpolate(low, size=size, mode="bilinear", align_corners=False)
-
-
-def _size_for(model: nn.Module, size: tuple[int, int] = (64, 80)) -> tuple[int, int]:
-    """``size``, or for valid-convolution models (unet_valid) the nearest valid size above it."""
-    if not hasattr(model, "nearest_valid_sizes"):
-        return size
-    return tuple(model.nearest_valid_sizes(s)[1] for s in size)
 
 
 # --- BatchNorm folding ---------------------------------------------------------------------------
@@ -157,7 +149,7 @@ def test_fuse_conv_bn_rejects_bn_without_running_stats() -> None:
 def test_fast_path_is_exact_in_float64(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name, num_classes=NUM_CLASSES).double().eval()
-    x = _images(1, seed=0, size=_size_for(model)).double()
+    x = _images(1, seed=0, size=_valid_size(model)).double()
     with torch.no_grad():
         expected = model(x)
     got = optimize_for_inference(model, dtype=torch.float32, channels_last=True)(x)
@@ -169,7 +161,7 @@ def test_fast_path_is_exact_in_float64(name: str) -> None:
 def test_fast_path_matches_eager_in_float32(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name, num_classes=NUM_CLASSES).eval()
-    x = _images(2, seed=1, size=_size_for(model))
+    x = _images(2, seed=1, size=_valid_size(model))
     with torch.no_grad():
         expected = model(x)
     got = optimize_for_inference(model, dtype=torch.float32)(x)  # this machine's default memory format

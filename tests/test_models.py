@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from seglab.errors import SeglabError
 from seglab.models.blocks import MaxUnpool2d, NearestUp2d
+from seglab.models.sizes import runnable_size
 from seglab.registry import create_model, list_models
 
 NUM_CLASSES = 5
@@ -27,7 +28,7 @@ def _io_sizes(model: torch.nn.Module, size: tuple[int, int]) -> tuple[tuple[int,
     """Input size to feed and logits size to expect: ``size`` twice, unless the model has ``output_size``."""
     if not hasattr(model, "output_size"):
         return size, size
-    in_size = (model.nearest_valid_sizes(size[0])[1], model.nearest_valid_sizes(size[1])[1])
+    in_size = runnable_size(model, size)
     return in_size, tuple(model.output_size(in_size))
 
 

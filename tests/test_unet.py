@@ -10,6 +10,7 @@ from torch import nn
 
 from seglab.errors import SeglabError
 from seglab.models import count_parameters
+from seglab.models.sizes import runnable_size
 from seglab.models.unet import nearest_valid_sizes, output_size, valid_input_size
 from seglab.registry import create_model
 
@@ -80,6 +81,11 @@ def test_nearest_valid_sizes() -> None:
     model = create_model("unet_valid", num_classes=2, depth=2, base_channels=4)
     assert model.nearest_valid_sizes(50) == (48, 52) and model.valid_input_size((48, 52))
     assert not model.valid_input_size((48, 50))
+
+
+def test_runnable_size_keeps_any_size_models_and_rounds_valid_ones_up() -> None:
+    assert runnable_size(create_model("unet", num_classes=2), (97, 131)) == (97, 131)
+    assert runnable_size(create_model("unet_valid", num_classes=2), (573, 572)) == (588, 572)
 
 
 def test_bad_size_error_names_the_nearest_valid_sizes() -> None:

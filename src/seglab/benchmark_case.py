@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models.sizes import runnable_size
+
 __all__ = ["PEER_MODELS", "RESULT_MARKER", "build_model", "main", "measure_conv_peak", "run_case"]
 
 RESULT_MARKER = "SEGLAB_BENCHMARK_RESULT "
@@ -238,13 +240,6 @@ def _train_gflops(step: Callable[[], Any]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _valid_size(model: nn.Module, height: int, width: int) -> tuple[int, int]:
-    """The requested size, or the nearest valid one above it for models with unpadded convs."""
-    if not hasattr(model, "nearest_valid_sizes"):
-        return height, width
-    return model.nearest_valid_sizes(height)[1], model.nearest_valid_sizes(width)[1]
-
-
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """Measure one model x size x batch x path; returns the raw numbers for :mod:`seglab.benchmark`."""
     torch.manual_seed(0)
@@ -252,7 +247,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(case["device"])
     batch = case["batch"]
     model = build_model(case["model"], case["num_classes"]).to(device)
-    h, w = _valid_size(model, case["height"], case["width"])
+    h, w = runnable_size(model, (case["height"], case["width"]))
     index_stats, gflops = _static_stats(model, (h, w))
     x = torch.randn(batch, 3, h, w, device=device)
     if case["mode"] == "train":

@@ -87,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--train", action="store_true", help="time the training step instead of inference")
     b.add_argument("--json", help="write the rows as JSON")
 
-    m = add("models", "List registered models with parameter counts and GFLOPs.", "seglab models --size 360 480")
+    m = add("models", "List registered models with parameter counts and GFLOPs.",
+            "seglab models --size 360 480\n  seglab models segnet unet_valid")
+    m.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
     m.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
     m.add_argument("--num-classes", type=int, default=11)
     m.add_argument("--no-flops", action="store_true", help="skip the (slower) FLOP count")
@@ -192,16 +194,24 @@ def _cmd_benchmark(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
     from .models.complexity import count_gflops, count_parameters
+    from .models.sizes import runnable_size
     from .registry import create_model, list_models
 
     _no_extra(extra)
     h, w = args.size
     print(f"{'model':<28}{'params (M)':>12}{f'GFLOPs @{h}x{w}':>18}")
-    for name in list_models():
+    footnotes = []
+    for name in args.names or list_models():
         model = create_model(name, args.num_classes).eval()
         params = count_parameters(model) / 1e6
-        flops = "-" if args.no_flops else f"{count_gflops(model, (h, w)):.1f}"
+        size = runnable_size(model, (h, w))
+        flops = "-" if args.no_flops else f"{count_gflops(model, size):.1f}"
+        if size != (h, w) and not args.no_flops:  # valid-convolution models: counted at the nearest size they take
+            footnotes.append(f"* {name}: counted at {size[0]}x{size[1]}, the nearest input size it accepts")
+            flops += "*"
         print(f"{name:<28}{params:>12.3f}{flops:>18}")
+    for line in footnotes:
+        print(line)
     return 0
 
 

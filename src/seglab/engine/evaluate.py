@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SeglabError
+from ..models.sizes import runnable_size
 from ..metrics import SegmentationMetrics, em_metrics, logits_to_labels
 from ..tiling import predict_tiled, valid_output_fn
 from .runtime import autocast
@@ -46,7 +47,7 @@ def _forward_valid(model: nn.Module, x: torch.Tensor, valid_model) -> torch.Tens
     """Tiled logits of a valid-convolution model, image by image, at ``x``'s size."""
     owner = getattr(valid_model, "__self__", model)
     num_classes = owner.classifier.out_channels
-    tile = tuple(owner.nearest_valid_sizes(size)[1] for size in _VALID_TILE)
+    tile = runnable_size(owner, _VALID_TILE)
     return torch.cat([predict_tiled(model, x[i : i + 1], num_classes, tile, valid_model=valid_model)
                       for i in range(x.shape[0])])
 

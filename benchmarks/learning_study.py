@@ -1,15 +1,25 @@
-"""Show it learns: train several recipes for one equal, short budget and tabulate val metrics.
+"""Show it learns: train every CamVid recipe for one equal, short wall-clock budget; tabulate val metrics.
 
-Every CamVid run gets the same number of optimisation steps (``--epochs`` x ``--steps``,
-batch and crop from the recipe), so models are compared at equal data seen, as the SegNet
-paper's Table 1 compares decoders; the ISBI run has its own fixed budget. Validation scores the full-resolution val labels (the SegNet
-protocol); ISBI 2012 runs add pixel error, foreground IoU and adapted Rand error.
+Every model gets the same minutes of training (``--minutes``), from scratch (this machine cannot
+download ImageNet weights, so ``pretrained_backbone``/``pretrained_encoder`` are switched off),
+with the zoo's CPU set-up: half-resolution images, 144x192 random crops, batch 8, AdamW + cosine,
+median-frequency class weights. Before each run a short probe times the model's training step on
+a random batch; the run then gets ``minutes / step time`` optimisation steps (at least 8), split
+over 4 epochs (more for fast models, as an epoch holds 45 steps) with a one-epoch warm-up. Because the budget is a step count, a busy machine
+stretches a run's wall time but never changes its result. The table reports the measured time.
+
+Validation scores the full-resolution val labels (the SegNet protocol: predictions are upsampled
+back to 360x480). The ISBI 2012 U-Net run has its own fixed budget and adds pixel error,
+foreground IoU and adapted Rand error.
 
 Usage:
-    python benchmarks/learning_study.py                     # SegNet-Basic vs bilinear vs FCN-Basic, U-Net on ISBI
-    python benchmarks/learning_study.py --only segnet_basic fcn_basic --epochs 2 --steps 5
-    python benchmarks/learning_study.py --smoke             # seconds: synthetic data, checks the script
+    python benchmarks/learning_study.py                        # every run, 4 min each
+    python benchmarks/learning_study.py --minutes 20           # the issue's suggested budget
+    python benchmarks/learning_study.py --only segnet_basic fcn_basic segnet_basic_bilinear
+    python benchmarks/learning_study.py --smoke                # seconds: synthetic data, checks the script
 
+Each finished run writes ``<out-dir>/<label>/study_row.json``; a rerun reuses finished rows (delete
+the folder or pass ``--fresh`` to retrain), so an interrupted study resumes where it stopped.
 Prints a Markdown table (with the command of every row) and writes
 ``benchmarks/results/learning-study-<host>-<time>.json``.
 """
@@ -18,20 +28,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import shlex
+import statistics
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from seglab.config import load_config
+import torch
+import torch.nn.functional as F
+
+from seglab.config import Config, load_config
+from seglab.data import build_dataset
 from seglab.engine import train
 from seglab.metrics import format_percent
+from seglab.registry import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SHARED = REPO.parent / "shared" / "data"
+EPOCHS = 4  # the step budget is split over at least this many epochs; warm-up is the recipes' one epoch
+MIN_STEPS = 8
 
 
 @dataclass
@@ -39,22 +58,39 @@ class Run:
     label: str
     recipe: str
     overrides: list[str] = field(default_factory=list)
-    epochs: int | None = None  # own budget (a different data set); None: the study's --epochs/--steps
-    steps: int | None = None
+    steps: int | None = None  # a fixed budget (ISBI); None: the study's time budget
 
 
 def study_runs(camvid: Path, isbi: Path) -> list[Run]:
-    """The paper's decoder comparison on CamVid, then U-Net on ISBI 2012 (CPU-sized)."""
+    """Every CamVid recipe (plus SegNet-Basic's bilinear decoder), then U-Net on ISBI 2012."""
     cam = ["--data.root", str(camvid)]
-    return [
+    scratch = cam + ["--model.kwargs.pretrained_backbone", "null"]  # no downloads here: every run from scratch
+    # The two paper recipes are full resolution with SGD; the study gives them the zoo's CPU set-up.
+    cpu = ["--data.image_size", "[180, 240]", "--data.crop_size", "[144, 192]", "--data.scale_range", "[0.75, 1.5]",
+           "--data.color_jitter", "0.2", "--data.num_workers", "1", "--train.batch_size", "8",
+           "--train.optimizer", "adamw", "--train.weight_decay", "0.0001", "--train.schedule", "cosine",
+           "--train.warmup_epochs", "1", "--train.select_metric", "miou"]
+    runs = [
         Run("segnet_basic", "configs/segnet_basic_camvid_cpu.yaml", cam),
         Run("segnet_basic_bilinear", "configs/segnet_basic_camvid_cpu.yaml",
             cam + ["--model.kwargs.upsample", "bilinear"]),
         Run("fcn_basic", "configs/fcn_basic_camvid.yaml", cam),
-        # 20 training slices make 5 steps an epoch; 40 epochs of 4 crops, at a quarter of the width.
-        Run("unet_isbi", "configs/unet_isbi.yaml",
-            ["--data.root", str(isbi), "--model.kwargs.base_channels", "16"], epochs=40, steps=5),
+        Run("bayesian_segnet_basic", "configs/bayesian_segnet_basic_camvid.yaml", cam),
+        Run("segnet_lite", "configs/segnet_lite_camvid.yaml", cam),
+        Run("segnet", "configs/segnet_camvid.yaml", cam + cpu + ["--model.pretrained_encoder", "null",
+                                                                 "--train.lr", "0.001"]),
+        Run("bayesian_segnet", "configs/bayesian_segnet_camvid.yaml", cam),
+        Run("unet", "configs/unet_camvid.yaml", cam),
+        Run("unet_valid", "configs/unet_valid_camvid.yaml", cam),
     ]
+    runs += [Run(name, f"configs/{name}_camvid.yaml", scratch) for name in (
+        "fcn32s", "fcn16s", "fcn8s", "deconvnet", "deeplab_largefov", "deeplabv3_resnet50", "deeplabv3_resnet101",
+        "deeplabv3plus_resnet50")]
+    runs.append(Run("deeplabv3plus_xception65", "configs/deeplabv3plus_xception65_camvid.yaml", cam))
+    # 20 training slices make 5 steps an epoch; 40 epochs of 4 crops, at a quarter of the width.
+    runs.append(Run("unet_isbi", "configs/unet_isbi.yaml",
+                    ["--data.root", str(isbi), "--model.kwargs.base_channels", "16"], steps=200))
+    return runs
 
 
 def smoke_runs() -> list[Run]:
@@ -62,30 +98,67 @@ def smoke_runs() -> list[Run]:
             "--data.synthetic_size", "[32, 48]", "--data.image_size", "[32, 48]", "--data.crop_size", "[32, 48]",
             "--data.num_workers", "0", "--loss.class_weights", "none"]
     return [Run("segnet_basic", "configs/segnet_basic_camvid_cpu.yaml", tiny),
-            Run("fcn_basic", "configs/fcn_basic_camvid.yaml", tiny)]
+            Run("fcn_basic", "configs/fcn_basic_camvid.yaml", tiny, steps=8)]
 
 
-def run_one(run: Run, epochs: int, steps: int, out_dir: Path, threads: int | None) -> dict:
-    budget = ["--train.threads", str(threads)] if threads else []
-    budget += ["--train.epochs", str(epochs), "--train.max_steps_per_epoch", str(steps),
-              "--train.val_every", str(epochs), "--train.progress", "false",
-              "--train.out_dir", str(out_dir), "--train.run_name", run.label]
+def seconds_per_step(cfg: Config, num_classes: int, repeats: int = 2) -> float:
+    """Median time of one AdamW training step of ``cfg``'s model on a random batch at the crop size."""
+    torch.manual_seed(0)
+    model = create_model(cfg.model.name, num_classes, **cfg.model.kwargs).train()
+    h, w = cfg.data.crop_size or cfg.data.image_size
+    x = torch.randn(cfg.train.batch_size, 3, h, w)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for _ in range(repeats + 1):  # the first step warms up allocator and kernels
+        start = time.perf_counter()
+        logits = model(x)
+        target = torch.randint(0, logits.shape[1], (x.shape[0], *logits.shape[-2:]))
+        F.cross_entropy(logits, target).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def run_one(run: Run, minutes: float, out_dir: Path, threads: int | None, fresh: bool) -> dict:
+    row_file = out_dir / run.label / "study_row.json"
+    if row_file.is_file() and not fresh:
+        print(f"{run.label}: reusing {row_file}", flush=True)
+        return json.loads(row_file.read_text())
+    if threads:
+        torch.set_num_threads(threads)
+    base = ["--train.threads", str(threads)] if threads else []
+    probe_s = None
+    steps = run.steps
+    if steps is None:
+        probe_s = seconds_per_step(load_config(REPO / run.recipe, run.overrides), num_classes=11)
+        steps = max(MIN_STEPS, int(minutes * 60 / probe_s))
+    cfg = load_config(REPO / run.recipe, run.overrides)
+    available = len(build_dataset(cfg.data, train=True)) // cfg.train.batch_size  # steps in a whole epoch
+    epochs = max(EPOCHS, math.ceil(steps / available))  # fast models get more epochs, not longer ones
+    per_epoch = math.ceil(steps / epochs)
+    budget = base + ["--train.epochs", str(epochs), "--train.max_steps_per_epoch", str(per_epoch),
+                     "--train.val_every", str(epochs), "--train.progress", "false",
+                     "--train.out_dir", str(out_dir), "--train.run_name", run.label]
     overrides = run.overrides + budget
     cfg = load_config(REPO / run.recipe, overrides)
     start = time.perf_counter()
     result = train(cfg)
     seconds = time.perf_counter() - start
     if result.interrupted:  # Ctrl-C / SIGTERM stopped the run: stop the study too, not just this run
-        raise SystemExit(f"interrupted during {run.label}; resume it with --train.resume {result.last_checkpoint}")
+        raise SystemExit(f"interrupted during {run.label}; rerun the study to redo it")
     metrics = result.best_metrics or {}
     keys = ("global_acc", "class_acc", "miou", "bf", "pixel_error", "foreground_iou", "rand_error")
-    return {"label": run.label, "model": cfg.model.name, "steps": epochs * steps, "batch": cfg.train.batch_size,
-            "seconds": seconds, "command": "seglab train " + shlex.join([run.recipe, *overrides]),
-            **{k: metrics.get(k) for k in keys}}
+    row = {"label": run.label, "model": cfg.model.name, "steps": result.history[-1]["step"], "batch": cfg.train.batch_size,
+           "probe_s_per_step": probe_s, "seconds": seconds,
+           "command": "seglab train " + shlex.join([run.recipe, *overrides]),
+           **{k: metrics.get(k) for k in keys}}
+    row_file.write_text(json.dumps(row, indent=1))
+    return row
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| run | model | steps x batch | train time | val G | val C | val mIoU | val BF | pixel error | "
+    lines = ["| run | model | steps x batch | wall time | val G | val C | val mIoU | val BF | pixel error | "
              "fg IoU | Rand error |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [format_percent(r[k]) for k in ("global_acc", "class_acc", "miou", "bf", "pixel_error",
@@ -97,24 +170,28 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=15, help="optimisation steps per epoch")
+    parser.add_argument("--minutes", type=float, default=4.0, help="training budget per CamVid run")
     parser.add_argument("--only", nargs="+", help="run only these labels")
     parser.add_argument("--threads", type=int, help="intra-op threads per run (default: all cores)")
+    parser.add_argument("--fresh", action="store_true", help="retrain runs that already have a study_row.json")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic runs that check the script")
     parser.add_argument("--out-dir", default=str(REPO / "runs" / "study"))
     args = parser.parse_args()
     runs = smoke_runs() if args.smoke else study_runs(SHARED / "camvid", SHARED / "isbi2012")
     if args.only:
+        unknown = set(args.only) - {r.label for r in runs}
+        if unknown:
+            parser.error(f"unknown run labels {sorted(unknown)}; known: {[r.label for r in runs]}")
         runs = [r for r in runs if r.label in args.only]
+    minutes = 0.05 if args.smoke else args.minutes
     rows = []
     for run in runs:
-        rows.append(run_one(run, run.epochs or args.epochs, run.steps or args.steps, Path(args.out_dir), args.threads))
+        rows.append(run_one(run, minutes, Path(args.out_dir), args.threads, args.fresh))
         print(json.dumps(rows[-1]), flush=True)
     print(markdown(rows))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"learning-study-{platform.node() or 'host'}-{datetime.now():%Y%m%d-%H%M%S}.json"
-    out.write_text(json.dumps({"epochs": args.epochs, "steps_per_epoch": args.steps, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"minutes": minutes, "epochs": EPOCHS, "rows": rows}, indent=1))
     print(f"wrote {out}")
 
 

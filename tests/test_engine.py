@@ -113,6 +113,16 @@ def test_checkpoint_alone_rebuilds_model(tmp_path):
     assert (tmp_path / "run" / "config.yaml").exists()
 
 
+def test_a_reused_run_name_never_overwrites_the_earlier_run(tmp_path, capsys):
+    first = train(tiny_config(tmp_path, epochs=1))
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    second = train(tiny_config(tmp_path, epochs=1, seed=4))
+    assert first.run_dir == tmp_path / "run" and second.run_dir == tmp_path / "run-2"
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1  # nothing appended to the first log
+    assert "already holds a run" in capsys.readouterr().out
+
+
 def test_csv_log_format(tmp_path):
     train(tiny_config(tmp_path, epochs=1, log_format="csv"))
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()

@@ -26,7 +26,7 @@ from PIL import Image
 from ..errors import SeglabError
 from .camvid import CAMVID_CLASSES, CAMVID_VOID, _looks_like_root, camvid_splits, parse_list_file
 from .folder import folder_split_dirs, folder_splits, pair_by_stem
-from .isbi import ISBI_CLASSES, ISBI_LABEL_VALUES
+from .isbi import ISBI_CLASSES, ISBI_FILE_EXTS, ISBI_LABEL_VALUES
 from .io import RGBMaskError, read_mask
 from .report import DatasetReport, SplitSummary, files_text
 
@@ -165,7 +165,7 @@ def _folder_pairs(report: DatasetReport, root: Path, split: str) -> tuple[list, 
 
 def _isbi_pairs(report: DatasetReport, root: Path, split: str) -> tuple[list, SplitSummary]:
     folder = root if split == "labelled" else root / split
-    pairing = pair_by_stem(folder / "images", folder / "labels")
+    pairing = pair_by_stem(folder / "images", folder / "labels", ISBI_FILE_EXTS, ISBI_FILE_EXTS)  # as the loader pairs
     prefix = "" if split == "labelled" else f"{split}/"
     summary = SplitSummary(split, f"{prefix}images/ + {prefix}labels/")
     _pairing_issues(report, split, pairing, summary)
@@ -174,8 +174,8 @@ def _isbi_pairs(report: DatasetReport, root: Path, split: str) -> tuple[list, Sp
 
 def _isbi_value_issues(report: DatasetReport, scan: _SplitScan) -> None:
     """ISBI labels hold 0 (membrane) and 255 (cell) only; count them as classes 0 and 1."""
-    offenders = {m: sorted(set(c) - set(ISBI_LABEL_VALUES)) for m, c in scan.values.items()
-                 if set(c) - set(ISBI_LABEL_VALUES)}
+    extra = {m: sorted(set(c) - ISBI_LABEL_VALUES.keys()) for m, c in scan.values.items()}
+    offenders = {m: values for m, values in extra.items() if values}
     if offenders:
         first, values = next(iter(offenders.items()))
         report.add("error", scan.summary.name,

@@ -58,7 +58,7 @@ ISBI_CLASSES = ["membrane", "cell"]
 ISBI_PALETTE: list[tuple[int, int, int]] = [(0, 0, 0), (255, 255, 255)]
 ISBI_LABEL_VALUES = {0: 0, 255: 1}  # value in the label PNGs -> class id
 _DEFAULT_VAL_COUNT = 4
-_IMAGE_EXTS = (".png", ".tif", ".tiff")
+ISBI_FILE_EXTS = (".png", ".tif", ".tiff")  # slices and labels alike
 
 
 def map_isbi_labels(raw: np.ndarray, path: str | Path) -> np.ndarray:
@@ -97,7 +97,7 @@ def _labelled_pairs(image_dir: Path, label_dir: Path) -> list[tuple[Path, Path]]
     if not label_dir.is_dir():
         raise SeglabError(f"ISBI 2012: {str(label_dir)!r} is missing; put one label PNG per slice of "
                           f"{str(image_dir)!r} there.")
-    pairing = pair_by_stem(image_dir, label_dir, _IMAGE_EXTS, (".png", ".tif", ".tiff"))
+    pairing = pair_by_stem(image_dir, label_dir, ISBI_FILE_EXTS, ISBI_FILE_EXTS)
     if pairing.duplicate_stems:
         shown = ", ".join(sorted(set(pairing.duplicate_stems))[:5])
         raise SeglabError(f"ISBI 2012: several files share the stem(s) {shown} in {str(image_dir)!r} or "

@@ -55,6 +55,22 @@ def _check_valid_crop(model: torch.nn.Module, cfg: Config) -> None:
                       f"--data.crop_size {' '.join(str(above) for _, above in nearest)}.")
 
 
+def _unused_run_dir(out_dir: Path, name: str) -> Path:
+    """``out_dir/name``, or ``name-2``, ``name-3``, ... when that folder already holds a checkpoint.
+
+    A new run never overwrites an earlier run's checkpoints or appends to its metrics log; to go
+    on with a run, resume it (``--train.resume``) instead.
+    """
+    run_dir, n = out_dir / name, 1
+    while any((run_dir / f).exists() for f in ("last.pt", "best.pt")):
+        n += 1
+        run_dir = out_dir / f"{name}-{n}"
+    if n > 1:
+        print(f"seglab: {out_dir / name} already holds a run; this one goes to {run_dir} "
+              "(use --train.resume to continue the earlier run).", flush=True)
+    return run_dir
+
+
 class TrainingDiverged(SeglabError):
     """The loss became NaN or infinite."""
 
@@ -144,7 +160,7 @@ class Trainer:
             run_dir = Path(t.resume).resolve().parent
         else:
             name = t.run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{self.cfg.model.name}-{self.cfg.data.dataset}"
-            run_dir = Path(t.out_dir) / name
+            run_dir = _unused_run_dir(Path(t.out_dir), name)
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(self.cfg, run_dir / "config.yaml")
         return run_dir

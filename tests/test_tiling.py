@@ -136,3 +136,16 @@ def test_invalid_arguments_raise() -> None:
     valid = create_model("unet_valid", num_classes=K, in_channels=2, depth=1, base_channels=4).eval()
     with pytest.raises(SeglabError, match="nearest valid"):
         predict_tiled(valid, image, K, (31, 31), valid_model=valid.output_size)
+
+
+def test_evaluation_shrinks_the_tile_of_small_images_without_changing_the_result() -> None:
+    from seglab.engine.evaluate import forward_at_size
+
+    torch.manual_seed(0)
+    model = create_model("unet_valid", num_classes=K, depth=2, base_channels=4).eval()
+    image = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        shrunk = forward_at_size(model, image, None)  # one small tile covers the image
+        paper = predict_tiled(model, image, K, (572, 572), valid_model=model.output_size)
+    assert shrunk.shape == (1, K, 45, 61)
+    torch.testing.assert_close(shrunk, paper, rtol=1e-4, atol=1e-4)

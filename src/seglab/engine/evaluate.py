@@ -16,8 +16,8 @@ from .runtime import autocast
 
 __all__ = ["EM_KEYS", "em_foreground_class", "evaluate_model", "forward_at_size"]
 
-#: Input tile of valid-convolution models at evaluation: the paper's 572x572 (388x388 out at
-#: depth 4), or the nearest valid size above it for other depths.
+#: Largest input tile of valid-convolution models at evaluation: the paper's 572x572 (388x388 out
+#: at depth 4), or the nearest valid size above it for other depths; smaller images get smaller tiles.
 _VALID_TILE = (572, 572)
 
 
@@ -48,6 +48,10 @@ def _forward_valid(model: nn.Module, x: torch.Tensor, valid_model) -> torch.Tens
     owner = getattr(valid_model, "__self__", model)
     num_classes = owner.classifier.out_channels
     tile = runnable_size(owner, _VALID_TILE)
+    out_h, out_w = owner.output_size(tile)
+    # An image smaller than one tile's output needs only the smallest tile that covers it plus
+    # the border the convolutions eat: at half-resolution CamVid, 268x332 instead of 572x572.
+    tile = runnable_size(owner, (min(tile[0], x.shape[-2] + tile[0] - out_h), min(tile[1], x.shape[-1] + tile[1] - out_w)))
     return torch.cat([predict_tiled(model, x[i : i + 1], num_classes, tile, valid_model=valid_model)
                       for i in range(x.shape[0])])
 

@@ -132,12 +132,12 @@ def run_one(run: Run, minutes: float, out_dir: Path, threads: int | None, fresh:
     if threads:
         torch.set_num_threads(threads)
     base = ["--train.threads", str(threads)] if threads else []
+    cfg = load_config(REPO / run.recipe, run.overrides)
     probe_s = None
     steps = run.steps
     if steps is None:
-        probe_s = seconds_per_step(load_config(REPO / run.recipe, run.overrides), num_classes=11)
+        probe_s = seconds_per_step(cfg, num_classes=11)
         steps = max(MIN_STEPS, int(minutes * 60 / probe_s))
-    cfg = load_config(REPO / run.recipe, run.overrides)
     available = len(build_dataset(cfg.data, train=True)) // cfg.train.batch_size  # steps in a whole epoch
     epochs = max(EPOCHS, math.ceil(steps / available))  # fast models get more epochs, not longer ones
     per_epoch = math.ceil(steps / epochs)
@@ -145,7 +145,7 @@ def run_one(run: Run, minutes: float, out_dir: Path, threads: int | None, fresh:
                      "--train.val_every", str(epochs), "--train.progress", "false",
                      "--train.out_dir", str(out_dir), "--train.run_name", run.label]
     overrides = run.overrides + budget
-    cfg = load_config(REPO / run.recipe, overrides)
+    cfg = load_config(REPO / run.recipe, overrides)  # rebuilt from the overrides the row's command names
     start = time.perf_counter()
     result = train(cfg)
     seconds = time.perf_counter() - start

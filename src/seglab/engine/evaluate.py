@@ -51,7 +51,8 @@ def _forward_valid(model: nn.Module, x: torch.Tensor, valid_model) -> torch.Tens
     out_h, out_w = owner.output_size(tile)
     # An image smaller than one tile's output needs only the smallest tile that covers it plus
     # the border the convolutions eat: at half-resolution CamVid, 268x332 instead of 572x572.
-    tile = runnable_size(owner, (min(tile[0], x.shape[-2] + tile[0] - out_h), min(tile[1], x.shape[-1] + tile[1] - out_w)))
+    covering = (x.shape[-2] + tile[0] - out_h, x.shape[-1] + tile[1] - out_w)
+    tile = runnable_size(owner, (min(tile[0], covering[0]), min(tile[1], covering[1])))
     return torch.cat([predict_tiled(model, x[i : i + 1], num_classes, tile, valid_model=valid_model)
                       for i in range(x.shape[0])])
 

@@ -3,7 +3,8 @@
 Most seglab models take any ``H x W``. Models with unpadded ("valid") convolutions, such as
 ``unet_valid``, only accept sizes whose poolings divide evenly; they declare this with two
 methods, ``valid_input_size(size) -> bool`` and ``nearest_valid_sizes(n) -> (below, above)``.
-This module is the one place that asks.
+Code that needs a size such a model will take (benchmarks, evaluation tiles, ``seglab models``)
+asks here.
 
 Example:
     >>> from seglab.registry import create_model

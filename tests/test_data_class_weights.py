@@ -38,6 +38,7 @@ def test_pixel_stats_hand_example():
     assert counts.tolist() == [3, 1, 3] and totals.tolist() == [7, 3, 4]
     np.testing.assert_allclose(weights_from_stats(counts, totals, "median_frequency"), MEDIAN_FREQ)
     np.testing.assert_allclose(weights_from_stats(counts, totals, "inverse_frequency"), INVERSE_FREQ)
+    np.testing.assert_allclose(weights_from_stats(counts, totals, "median_frequency_sqrt"), np.sqrt(MEDIAN_FREQ))
 
 
 def test_median_frequency_from_train_masks(tmp_path):

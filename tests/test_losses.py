@@ -26,7 +26,6 @@ from seglab.losses import (
     focal_loss,
     resolve_class_weights,
     weighted_map_cross_entropy,
-    weights_from_frequencies,
 )
 
 
@@ -137,21 +136,6 @@ def test_resolve_class_weights_errors(spec, match):
 def test_computed_weights_of_the_wrong_length_are_rejected():
     with pytest.raises(SeglabError, match="median_frequency"):
         resolve_class_weights("median_frequency", 3, lambda m: torch.ones(2))
-
-
-def test_weights_from_frequencies():
-    # freq = [0.1, 0.3, 0.6, 0] -> median over seen classes 0.3 -> MFB [3, 1, 0.5, 0 (never seen)].
-    assert weights_from_frequencies([10, 30, 60, 0]).tolist() == pytest.approx([3.0, 1.0, 0.5, 0.0])
-    # inverse: 1 / (C * freq) with C = 4.
-    assert weights_from_frequencies([10, 30, 60, 0], method="inverse_frequency").tolist() == pytest.approx(
-        [2.5, 1 / 1.2, 1 / 2.4, 0.0])
-    # Eigen & Fergus frequency: pixels of c / pixels of the images containing c: [0.5, 0.25, 0.5] -> median 0.5.
-    assert weights_from_frequencies([10, 30, 60], [20, 120, 120]).tolist() == pytest.approx([1.0, 2.0, 1.0])
-    with pytest.raises(SeglabError):
-        weights_from_frequencies([0, 0])
-
-
-# --------------------------------------------------------------------------- Dice, focal, BCE + Dice, weight maps
 
 
 def manual_dice(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, smooth: float = 1.0,

@@ -94,9 +94,14 @@ class DataConfig:
     weight_map_balance: bool = True  # w_c = f_max / f_class (True) or 1 (False)
 
 
+#: Named ``loss.class_weights`` methods (computed from the training masks by
+#: :mod:`seglab.data.class_weights`); a list of numbers is the other accepted form.
+CLASS_WEIGHT_METHODS = ("none", "median_frequency", "median_frequency_sqrt", "inverse_frequency")
+
+
 @dataclass
 class LossConfig:
-    """Training loss. ``class_weights``: none | median_frequency | inverse_frequency | [w0, w1, ...]."""
+    """Training loss. ``class_weights``: one of :data:`CLASS_WEIGHT_METHODS` or [w0, w1, ...]."""
 
     name: str = "cross_entropy"  # cross_entropy | dice | ce_dice | bce_dice | focal | weighted_map_ce
     class_weights: Any = "median_frequency"

@@ -26,7 +26,8 @@ their scale does not depend on image size, batch size or the weights' scale; foc
 labelled pixels, as U-Net's energy is a plain sum of ``w * log p``. Dice takes class
 weights as weights of its mean over classes. Class weights come from
 :func:`resolve_class_weights`: ``none``, ``median_frequency`` (SegNet's MFB,
-``median(freq) / freq(c)``), ``inverse_frequency`` or an explicit list.
+``median(freq) / freq(c)``), ``median_frequency_sqrt`` (its square root),
+``inverse_frequency`` or an explicit list.
 
 Example:
     >>> weights = resolve_class_weights(cfg.loss.class_weights, 11, data_weights)
@@ -44,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import CLASS_WEIGHT_METHODS as WEIGHT_METHODS
 from .config import LossConfig
 from .errors import SeglabError, did_you_mean
 
@@ -63,7 +65,6 @@ __all__ = [
     "WeightMapCrossEntropy",
     "build_loss",
     "resolve_class_weights",
-    "weights_from_frequencies",
     "LOSSES",
     "WEIGHT_METHODS",
 ]
@@ -71,7 +72,6 @@ __all__ = [
 LOSSES = ("cross_entropy", "dice", "ce_dice", "bce_dice", "focal", "weighted_map_ce")
 #: Losses for one-channel (sigmoid) models on two-class data; the trainer builds such models with 1 output.
 BINARY_LOSSES = ("bce_dice",)
-WEIGHT_METHODS = ("none", "median_frequency", "inverse_frequency")
 _MULTI_CHANNEL = "cross_entropy, dice, ce_dice, focal or weighted_map_ce"
 
 # --------------------------------------------------------------------------- validation
@@ -449,11 +449,11 @@ def resolve_class_weights(spec: Any, num_classes: int,
     """Turn the ``loss.class_weights`` setting into a weight tensor.
 
     Args:
-        spec: ``"none"`` (or None), ``"median_frequency"``, ``"inverse_frequency"``, or a
+        spec: ``"none"`` (or None), a named method of ``WEIGHT_METHODS``, or a
             list of ``num_classes`` numbers.
         num_classes: Number of classes ``C``.
         computed: Callback ``computed(method) -> Tensor | None`` that derives the
-            weights from the training data (called only for the two named methods).
+            weights from the training data (called only for the named methods).
             A None result means the data cannot provide them; the loss is then unweighted.
 
     Returns:
@@ -483,34 +483,3 @@ def resolve_class_weights(spec: Any, num_classes: int,
     raise SeglabError(
         f"loss.class_weights must be one of {', '.join(WEIGHT_METHODS)} or a list of numbers, got {spec!r}."
     )
-
-
-def weights_from_frequencies(class_pixels: Sequence[float], present_pixels: Sequence[float] | None = None,
-                             method: str = "median_frequency") -> torch.Tensor:
-    """Class weights from training-set pixel counts (a helper for the ``computed`` callback).
-
-    Args:
-        class_pixels: Labelled pixels of each class over the training set.
-        present_pixels: For each class, the total pixels of the images that contain
-            it (Eigen & Fergus's frequency, used by SegNet's MFB). Defaults to the total
-            labelled pixels for every class.
-        method: ``median_frequency``: ``median(freq) / freq(c)``;
-            ``inverse_frequency``: ``1 / (C * freq(c))`` (1 for every class when balanced).
-
-    Returns:
-        Float32 weights; classes with no pixels get weight 0 (they never occur in a target).
-    """
-    counts = np.asarray(class_pixels, dtype=np.float64)
-    denom = np.full_like(counts, counts.sum()) if present_pixels is None else np.asarray(present_pixels, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        freq = np.where(denom > 0, counts / denom, 0.0)
-    seen = freq > 0
-    if not seen.any():
-        raise SeglabError("Cannot compute class weights: the training masks contain no labelled pixel.")
-    if method == "median_frequency":
-        w = np.where(seen, np.median(freq[seen]) / np.where(seen, freq, 1.0), 0.0)
-    elif method == "inverse_frequency":
-        w = np.where(seen, 1.0 / (len(freq) * np.where(seen, freq, 1.0)), 0.0)
-    else:
-        raise SeglabError(f"Unknown class-weight method {method!r}.{did_you_mean(method, WEIGHT_METHODS[1:])}")
-    return torch.as_tensor(w, dtype=torch.float32)

@@ -7,6 +7,9 @@ Frequencies follow SegNet (Badrinarayanan et al., after Eigen & Fergus): for cla
 where ignore/void pixels count in neither numerator nor denominator. Then
 
 * ``median_frequency``: ``w_c = median(f) / f_c``, the median over the classes present;
+* ``median_frequency_sqrt``: ``w_c = sqrt(median(f) / f_c)``, the same balance tempered:
+  on CamVid the range 0.18-9.6 shrinks to 0.43-3.1, so a short training does not trade a
+  large class (Building) for over-predicted rare ones;
 * ``inverse_frequency``: ``w_c = 1 / f_c``, rescaled so the mean over present classes is 1.
 
 A class absent from the training masks gets weight 0 (it cannot be learnt, and an
@@ -33,6 +36,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_text
+from ..config import CLASS_WEIGHT_METHODS as WEIGHT_METHODS
 from ..config import DataConfig
 from ..errors import SeglabError, did_you_mean
 from .build import build_dataset, dataset_info
@@ -46,7 +50,6 @@ __all__ = [
     "cache_dir",
 ]
 
-WEIGHT_METHODS = ("none", "median_frequency", "inverse_frequency")
 _CACHE_VERSION = 1
 
 
@@ -81,8 +84,10 @@ def weights_from_stats(counts: np.ndarray, totals: np.ndarray, method: str) -> n
     weights = np.zeros_like(freq)
     if not present.any():
         return weights
-    if method == "median_frequency":
+    if method in ("median_frequency", "median_frequency_sqrt"):
         weights[present] = np.median(freq[present]) / freq[present]
+        if method == "median_frequency_sqrt":
+            weights[present] = np.sqrt(weights[present])
     elif method == "inverse_frequency":
         weights[present] = 1.0 / freq[present]
         weights[present] /= weights[present].mean()
@@ -152,7 +157,8 @@ def compute_class_weights(cfg: DataConfig, method: str | Sequence[float] | None)
     Args:
         cfg: Data config; the weights come from its training split (``cfg.train_split``),
             honouring ``limit`` and ``image_size``.
-        method: ``none`` (or None), ``median_frequency``, ``inverse_frequency``, or an
+        method: ``none`` (or None), ``median_frequency``, ``median_frequency_sqrt``,
+            ``inverse_frequency``, or an
             explicit list of one weight per class.
 
     Returns:

@@ -83,6 +83,9 @@ def test_user_errors_are_one_paragraph_without_traceback(tmp_path, capsys):
     assert code == 2 and "Did you mean 'segnet'" in err
     code, _, err = _run(capsys, "train", recipe, "--train.epoch", "1")
     assert code == 2 and "train.epochs" in err
+    # Overrides before the recipe: the recipe is still the recipe, not the data root.
+    code, _, err = _run(capsys, "train", "--data.root", tmp_path, recipe, "--train.epochs", "1")
+    assert code == 2 and "Did you mean 'segnet'" in err
     code, _, err = _run(capsys, "predict", tmp_path / "none.pt", "x.png", "--out", tmp_path)
     assert code == 2 and "does not exist" in err
 

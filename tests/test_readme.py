@@ -1,9 +1,13 @@
-"""The README's two opening commands are exactly what CI runs."""
+"""The README's two opening commands are exactly what CI runs, and its training commands load."""
 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
+
+from seglab import cli
+from seglab.config import load_config, split_recipe_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,3 +20,31 @@ def test_readme_opens_with_the_two_ci_commands():
     ci = (REPO / ".ci" / "run").read_text()
     for command in commands:
         assert f"\n{command}\n" in ci
+
+
+def _readme_train_commands() -> list[list[str]]:
+    """Every ``seglab train`` line of the README's bash blocks, with its shell variables expanded."""
+    readme = (REPO / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
+        variables: dict[str, str] = {}
+        for line in block.splitlines():
+            line = line.split(" #")[0].strip()
+            for name, value in re.findall(r'(\w+)="([^"]*)"', line):
+                variables[name] = value
+            if line.startswith("seglab train "):
+                expanded = re.sub(r"\$(\w+)", lambda m: variables.get(m.group(1), m.group(0)), line)
+                commands.append(shlex.split(expanded)[1:])
+    return commands
+
+
+def test_readme_train_commands_load():
+    """Each documented training command names a recipe that exists and only keys that exist."""
+    commands = _readme_train_commands()
+    assert len(commands) >= 10
+    parser = cli._parser()
+    for argv in commands:
+        args, _ = parser.parse_known_args(argv)
+        recipe, overrides = split_recipe_args(argv[1:])
+        assert args.command == "train" and recipe.startswith("configs/"), argv
+        load_config(REPO / recipe, overrides)

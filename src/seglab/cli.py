@@ -112,10 +112,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from .config import load_config
+    from .config import load_config, split_recipe_args
     from .engine.trainer import train
 
-    result = train(load_config(args.recipe, extra))
+    # argparse took the first bare word for the recipe, which is an override's value when
+    # overrides come first; re-read the recipe from the command's own arguments.
+    recipe, overrides = split_recipe_args(args.train_tokens)
+    result = train(load_config(recipe, overrides))
     if result.interrupted:
         return 130
     print(f"seglab: done. Run folder: {result.run_dir}  (best: {result.best_checkpoint}, last: {result.last_checkpoint})")
@@ -245,7 +248,10 @@ COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_pred
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.train_tokens = argv[argv.index("train") + 1 :]
     if args.command is None:
         parser.print_help()
         return 0

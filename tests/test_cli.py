@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seglab.cli import main
+from seglab.cli import main, overrides_last
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "data" / "camvid"
@@ -88,6 +88,13 @@ def test_user_errors_are_one_paragraph_without_traceback(tmp_path, capsys):
     assert code == 2 and "Did you mean 'segnet'" in err
     code, _, err = _run(capsys, "predict", tmp_path / "none.pt", "x.png", "--out", tmp_path)
     assert code == 2 and "does not exist" in err
+    code, _, err = _run(capsys, "evaluate", "--data.root", tmp_path, tmp_path / "none.pt", "--split", "val")
+    assert code == 2 and "none.pt" in err and "does not exist" in err
+
+
+def test_overrides_move_after_the_positional_arguments():
+    assert overrides_last(["--data.root", "d", "r.yaml", "--train.epochs=2", "--split", "val"]) == [
+        "r.yaml", "--split", "val", "--data.root", "d", "--train.epochs=2"]
 
 
 def test_models_lists_parameters(capsys):

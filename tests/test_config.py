@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from seglab.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config, split_recipe_args
+from seglab.config import apply_overrides, config_from_dict, config_to_dict, load_config
 from seglab.errors import SeglabError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -56,22 +56,3 @@ def test_missing_recipe_is_explained(tmp_path):
     with pytest.raises(SeglabError, match="not valid YAML"):
         load_config(bad)
 
-
-@pytest.mark.parametrize("tokens", [
-    ["r.yaml", "--data.root", "d", "--train.epochs", "2"],
-    ["--data.root", "d", "r.yaml", "--train.epochs", "2"],
-    ["--data.root=d", "--train.epochs", "2", "r.yaml"],
-])
-def test_recipe_may_come_before_or_after_overrides(tokens):
-    recipe, overrides = split_recipe_args(tokens)
-    assert recipe == "r.yaml"
-    assert apply_overrides(Config(), overrides).data.root == "d"
-
-
-@pytest.mark.parametrize("tokens, match", [
-    (["--train.epochs", "2"], "got none"),
-    (["a.yaml", "b.yaml"], "'a.yaml', 'b.yaml'"),
-])
-def test_recipe_count_is_explained(tokens, match):
-    with pytest.raises(SeglabError, match=match):
-        split_recipe_args(tokens)

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from seglab import cli
-from seglab.config import load_config, split_recipe_args
+from seglab.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,6 @@ def test_readme_train_commands_load():
     assert len(commands) >= 10
     parser = cli._parser()
     for argv in commands:
-        args, _ = parser.parse_known_args(argv)
-        recipe, overrides = split_recipe_args(argv[1:])
-        assert args.command == "train" and recipe.startswith("configs/"), argv
-        load_config(REPO / recipe, overrides)
+        args, overrides = parser.parse_known_args(cli.overrides_last(argv))
+        assert args.command == "train" and args.recipe.startswith("configs/"), argv
+        load_config(REPO / args.recipe, overrides)

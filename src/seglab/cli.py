@@ -112,13 +112,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from .config import load_config, split_recipe_args
+    from .config import load_config
     from .engine.trainer import train
 
-    # argparse took the first bare word for the recipe, which is an override's value when
-    # overrides come first; re-read the recipe from the command's own arguments.
-    recipe, overrides = split_recipe_args(args.train_tokens)
-    result = train(load_config(recipe, overrides))
+    result = train(load_config(args.recipe, extra))
     if result.interrupted:
         return 130
     print(f"seglab: done. Run folder: {result.run_dir}  (best: {result.best_checkpoint}, last: {result.last_checkpoint})")
@@ -246,12 +243,30 @@ COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_pred
             "data": _cmd_data, "quickstart": _cmd_quickstart}
 
 
+def overrides_last(argv: list[str]) -> list[str]:
+    """Move ``--section.key value`` config overrides after every other argument.
+
+    argparse takes the first bare word for a command's positional argument, so in
+    ``seglab train --data.root DIR RECIPE`` it would take ``DIR`` for the recipe. Dotted keys
+    name no argparse option, so each one, with its value unless written ``--key=value``, can be
+    moved to the end, where argparse hands them back untouched as overrides.
+    """
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--") and "." in token.split("=", 1)[0]:
+            n = 1 if "=" in token else 2
+            overrides += argv[i : i + n]
+            i += n
+        else:
+            rest.append(token)
+            i += 1
+    return rest + overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "train":
-        args.train_tokens = argv[argv.index("train") + 1 :]
+    args, extra = parser.parse_known_args(overrides_last(sys.argv[1:] if argv is None else list(argv)))
     if args.command is None:
         parser.print_help()
         return 0

@@ -34,7 +34,6 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "apply_overrides",
-    "split_recipe_args",
 ]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -291,29 +290,6 @@ def _set_key(cfg: Config, key: str, value: Any) -> None:
     section, name = key.split(".", 1)
     sub = getattr(cfg, section)
     _fill(sub, {name: value}, f"{section}.")
-
-
-def split_recipe_args(tokens: list[str]) -> tuple[str, list[str]]:
-    """Split ``seglab train``'s arguments into the recipe and its ``--key value`` overrides.
-
-    The recipe may come anywhere, before or after overrides: ``--data.root X r.yaml`` and
-    ``r.yaml --data.root X`` are the same. Reading pairs here rather than leaving it to
-    argparse matters: argparse would take ``X``, the first bare word, for the recipe.
-    """
-    recipes, overrides, i = [], [], 0
-    while i < len(tokens):
-        token = tokens[i]
-        if token.startswith("--") and "=" not in token and i + 1 < len(tokens):
-            overrides += tokens[i : i + 2]
-            i += 2
-            continue
-        (overrides if token.startswith("--") else recipes).append(token)
-        i += 1
-    if len(recipes) != 1:
-        got = f"got {', '.join(map(repr, recipes))}" if recipes else "got none"
-        raise SeglabError(f"seglab train takes one YAML recipe and --section.key value overrides; {got}. "
-                          "Example: seglab train configs/segnet_basic_camvid.yaml --train.epochs 2")
-    return recipes[0], overrides
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

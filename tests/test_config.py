@@ -55,4 +55,3 @@ def test_missing_recipe_is_explained(tmp_path):
     bad.write_text("train: [1, 2")
     with pytest.raises(SeglabError, match="not valid YAML"):
         load_config(bad)
-

@@ -138,6 +138,9 @@ def test_computed_weights_of_the_wrong_length_are_rejected():
         resolve_class_weights("median_frequency", 3, lambda m: torch.ones(2))
 
 
+# --------------------------------------------------------------------------- Dice, focal, BCE + Dice, weight maps
+
+
 def manual_dice(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, smooth: float = 1.0,
                 weight: list[float] | None = None) -> float:
     """Soft Dice loss written out pixel by pixel, class by class."""

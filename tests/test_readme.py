@@ -42,8 +42,7 @@ def test_readme_train_commands_load():
     """Each documented training command names a recipe that exists and only keys that exist."""
     commands = _readme_train_commands()
     assert len(commands) >= 10
-    parser = cli._parser()
     for argv in commands:
-        args, overrides = parser.parse_known_args(cli.overrides_last(argv))
+        args, overrides = cli.parse_command_line(argv)
         assert args.command == "train" and args.recipe.startswith("configs/"), argv
         load_config(REPO / args.recipe, overrides)

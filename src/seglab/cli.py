@@ -264,11 +264,15 @@ def overrides_last(argv: list[str]) -> list[str]:
     return rest + overrides
 
 
+def parse_command_line(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``(arguments, config overrides)`` of a ``seglab`` command line, overrides in any position."""
+    return _parser().parse_known_args(overrides_last(list(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args, extra = parser.parse_known_args(overrides_last(sys.argv[1:] if argv is None else list(argv)))
+    args, extra = parse_command_line(sys.argv[1:] if argv is None else argv)
     if args.command is None:
-        parser.print_help()
+        _parser().print_help()
         return 0
     try:
         return COMMANDS[args.command](args, extra)

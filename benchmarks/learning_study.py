@@ -41,11 +41,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from seglab.config import Config, load_config
+from seglab.core.config import Config, load_config
 from seglab.data import build_dataset
 from seglab.engine import train
 from seglab.metrics import format_percent
-from seglab.registry import create_model
+from seglab.models.registry import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

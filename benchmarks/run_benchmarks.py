@@ -22,7 +22,7 @@ import platform
 from datetime import datetime
 from pathlib import Path
 
-from seglab.benchmark import format_table, run_benchmark, write_json
+from seglab.apps.benchmark import format_table, run_benchmark, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEGNETS = ["segnet", "segnet_basic"]
@@ -66,8 +66,8 @@ def memory_format_ab(pairs: int, threads: int) -> list[dict]:
 
     import torch
 
-    from seglab.benchmark_case import build_model
-    from seglab.fastpath import optimize_for_inference
+    from seglab.apps.benchmark_case import build_model
+    from seglab.inference.fastpath import optimize_for_inference
 
     rows = []
     for name in SEGNETS:
@@ -102,7 +102,7 @@ def malloc_ab(pairs: int, threads: int) -> list[dict]:
     import statistics
     import tempfile
 
-    from seglab.benchmark import _child  # runs one case in a fresh process
+    from seglab.apps.benchmark import _child  # runs one case in a fresh process
 
     rows = []
     for name in SEGNETS:

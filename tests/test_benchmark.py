@@ -12,9 +12,10 @@ import math
 
 import pytest
 
-from seglab import atomic, benchmark
-from seglab.benchmark import ROW_KEYS, format_table, run_benchmark, write_json
-from seglab.errors import SeglabError
+from seglab.core import atomic
+from seglab.apps import benchmark
+from seglab.apps.benchmark import ROW_KEYS, format_table, run_benchmark, write_json
+from seglab.core.errors import SeglabError
 
 
 def test_end_to_end_tiny_run(tmp_path) -> None:

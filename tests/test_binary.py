@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from seglab.cli import main
-from seglab.engine import load_checkpoint
-from seglab.inference import Segmenter
+from seglab.apps.cli import main
+from seglab.tasks.checkpoint import load_checkpoint
+from seglab.inference.predictor import Segmenter
 
 
 def _binary_folder(root, n=6, size=(32, 40)):

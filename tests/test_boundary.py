@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 from seglab.metrics import SegmentationMetrics, boundary_f1, boundary_f1_per_class
 from seglab.metrics.boundary import _dilate_disk, _disk_half_widths
 

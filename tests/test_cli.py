@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seglab.cli import main, overrides_last
+from seglab.apps.cli import main, overrides_last
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "data" / "camvid"

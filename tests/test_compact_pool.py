@@ -7,17 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seglab.errors import SeglabError
-from seglab.models.blocks import MaxUnpool2d, max_pool_2x2, max_unpool_2x2, set_index_format
-from seglab.models.compact_pool import (
-    CodeMaxPool2d,
-    code_bytes,
-    pack_codes,
-    pool_with_codes,
-    unpack_codes,
-    unpool_from_codes,
+from seglab.core.errors import SeglabError
+from seglab.models.layers.blocks import MaxUnpool2d, max_pool_2x2, max_unpool_2x2, set_index_format
+from seglab.models.layers.compact_pool import (
+    CodeMaxPool2d, code_bytes, pack_codes, pool_with_codes, unpack_codes, unpool_from_codes
 )
-from seglab.registry import create_model
+from seglab.models.registry import create_model
 
 REFERENCE_POOL = nn.MaxPool2d(2, 2, ceil_mode=True, return_indices=True)
 

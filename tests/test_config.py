@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from seglab.config import apply_overrides, config_from_dict, config_to_dict, load_config
-from seglab.errors import SeglabError
+from seglab.core.config import apply_overrides, config_from_dict, config_to_dict, load_config
+from seglab.core.errors import SeglabError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_loads_and_round_trips(recipe):
-    from seglab.registry import list_models
+    from seglab.models.registry import list_models
 
     cfg = load_config(recipe)
     assert config_from_dict(config_to_dict(cfg)) == cfg

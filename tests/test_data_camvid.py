@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seglab.config import DataConfig
+from seglab.core.config import DataConfig
 from seglab.data import CAMVID_CLASSES, CAMVID_PALETTE, build_dataset, dataset_info
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 
 
 def _camvid(root, **kw) -> DataConfig:

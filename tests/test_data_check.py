@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from seglab.data import check_dataset
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 
 
 def _pair(root, stem, mask, image_hw=None, split=None):

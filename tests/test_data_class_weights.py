@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from seglab.config import DataConfig
+from seglab.core.config import DataConfig
 from seglab.data import compute_class_weights
 from seglab.data.class_weights import cache_dir, class_pixel_stats, weights_from_stats
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 
 # Two 2x2 masks, 3 classes, 255 = ignore.
 MASK_A = np.array([[0, 0], [1, 255]], np.uint8)  # 3 labelled pixels: class 0 x2, class 1 x1

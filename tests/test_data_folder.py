@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from seglab.config import DataConfig
+from seglab.core.config import DataConfig
 from seglab.data import build_dataset, dataset_info
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 
 
 def _write_pair(root, stem, mask, image_ext=".png", split=None, image_size=None):

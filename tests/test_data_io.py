@@ -12,7 +12,7 @@ from PIL import Image
 from seglab.data import read_image, read_mask, read_rgb_mask
 from seglab.data.cache import ArrayCache
 from seglab.data.io import RGBMaskError, image_hw, resize_mask
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 
 
 def test_read_image_rgb_gray_and_16_bit(tmp_path):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from seglab.config import DataConfig
+from seglab.core.config import DataConfig
 from seglab.data import CAMVID_PALETTE, SYNTHETIC_CLASSES, build_dataset, dataset_info, render_scene
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 
 
 def _cfg(**kw) -> DataConfig:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from seglab.config import DataConfig
+from seglab.core.config import DataConfig
 from seglab.data import build_transforms
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 

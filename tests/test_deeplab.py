@@ -12,11 +12,11 @@ import torch
 import torchvision
 from torch import nn
 
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 from seglab.models import count_parameters
-from seglab.models.atrous import ASPP, SeparableConv2d, aspp_rates, separable_conv_params
-from seglab.models.xception import XCEPTION65_BLOCKS
-from seglab.registry import create_model
+from seglab.models.layers.atrous import ASPP, SeparableConv2d, aspp_rates, separable_conv_params
+from seglab.models.backbones.xception import XCEPTION65_BLOCKS
+from seglab.models.registry import create_model
 
 RESNET50 = "deeplabv3_resnet50"
 XCEPTION = "deeplabv3plus_xception65"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 from seglab.metrics import em_metrics
 from seglab.metrics.em import cell_instances, slice_rand_scores
 

@@ -8,11 +8,12 @@ import signal
 import pytest
 import torch
 
-from seglab.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
-from seglab.engine import TrainingDiverged, load_checkpoint, save_checkpoint, train
+from seglab.core.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
+from seglab.engine import TrainingDiverged, train
+from seglab.tasks.checkpoint import load_checkpoint, save_checkpoint
 from seglab.engine.optim import lr_factor
-from seglab.errors import SeglabError
-from seglab.inference import Segmenter
+from seglab.core.errors import SeglabError
+from seglab.inference.predictor import Segmenter
 
 
 def tiny_config(tmp_path, **train_kw) -> Config:
@@ -176,7 +177,7 @@ def test_ctrl_c_in_a_terminal_with_loader_workers(tmp_path):
         "loss: {class_weights: none}\n"
         f"train: {{epochs: 1000, batch_size: 4, out_dir: '{tmp_path}', run_name: ctrlc, progress: false, "
         "val_every: 0, threads: 1}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "seglab.cli", "train", str(recipe)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "seglab", "train", str(recipe)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
     deadline = time.time() + 240

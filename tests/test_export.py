@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from seglab.engine.checkpoint import save_checkpoint
-from seglab.errors import SeglabError
-from seglab.export import export_onnx, read_onnx_metadata
-from seglab.inference import Segmenter
-from seglab.onnx_backend import OnnxSegmenter, quantize_onnx
-from seglab.registry import create_model
+from seglab.tasks.checkpoint import save_checkpoint
+from seglab.core.errors import SeglabError
+from seglab.export.onnx import export_onnx, read_onnx_metadata
+from seglab.inference.predictor import Segmenter
+from seglab.inference.onnx_backend import OnnxSegmenter
+from seglab.export.quantize import quantize_onnx
+from seglab.models.registry import create_model
 
 CLASSES = ["sky", "road", "car", "tree"]
 PALETTE = [[128, 128, 128], [128, 64, 128], [64, 0, 128], [128, 128, 0]]

@@ -28,19 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seglab import fastpath
-from seglab.errors import SeglabError
-from seglab.fastpath import (
-    fold_batchnorm,
-    fuse_conv_bn,
-    optimize_for_inference,
-    prefers_channels_last,
-    resolve_inference_dtype,
-    tune_malloc,
+from seglab.inference import fastpath
+from seglab.core.errors import SeglabError
+from seglab.inference.fastpath import (
+    fold_batchnorm, fuse_conv_bn, optimize_for_inference, prefers_channels_last, resolve_inference_dtype, tune_malloc
 )
-from seglab.models.compact_pool import CodeMaxPool2d
-from seglab.models.sizes import runnable_size
-from seglab.registry import create_model, list_models
+from seglab.models.layers.compact_pool import CodeMaxPool2d
+from seglab.ops.contract import runnable_size
+from seglab.models.registry import create_model, list_models
 
 NUM_CLASSES = 11
 

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from seglab.config import DataConfig, LossConfig, load_config
+from seglab.core.config import DataConfig, LossConfig, load_config
 from seglab.data import ISBI2012Dataset, build_dataset, dataset_info
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 from seglab.losses import build_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,9 +169,10 @@ def test_real_isbi_split_and_values(shared_data):
 
 
 def test_training_and_evaluate_report_the_em_metrics(fake_root, tmp_path_factory):
-    from seglab.config import Config, ModelConfig, TrainConfig
+    from seglab.core.config import Config, ModelConfig, TrainConfig
     from seglab.engine import train
-    from seglab.engine.evaluate import EM_KEYS, evaluate_checkpoint
+    from seglab.tasks.semantic import EM_KEYS
+    from seglab.apps.evaluate import evaluate_checkpoint
 
     out = tmp_path_factory.mktemp("runs")
     cfg = Config(

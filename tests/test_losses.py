@@ -8,24 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seglab.config import LossConfig
-from seglab.errors import SeglabError
+from seglab.core.config import LossConfig
+from seglab.core.errors import SeglabError
 from seglab.losses import (
-    LOSSES,
-    BCEDiceLoss,
-    CEDiceLoss,
-    DiceLoss,
-    FocalLoss,
-    WeightedCrossEntropy,
-    WeightMapCrossEntropy,
-    bce_dice_loss,
-    build_loss,
-    ce_dice_loss,
-    cross_entropy,
-    dice_loss,
-    focal_loss,
-    resolve_class_weights,
-    weighted_map_cross_entropy,
+    LOSSES, BCEDiceLoss, CEDiceLoss, DiceLoss, FocalLoss, WeightedCrossEntropy, WeightMapCrossEntropy, bce_dice_loss,
+    build_loss, ce_dice_loss, cross_entropy, dice_loss, focal_loss, resolve_class_weights, weighted_map_cross_entropy
 )
 
 

@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 from seglab.metrics import (
-    SegmentationMetrics,
-    confusion_matrix,
-    format_metrics_table,
-    logits_to_labels,
-    metrics_from_confusion,
+    SegmentationMetrics, confusion_matrix, format_metrics_table, logits_to_labels, metrics_from_confusion
 )
 
 # Hand-worked example: 2 x 3 image, 3 classes, ignore_index 255.

@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seglab.errors import SeglabError
-from seglab.models.blocks import MaxUnpool2d, NearestUp2d
-from seglab.models.sizes import runnable_size
-from seglab.registry import create_model, list_models
+from seglab.core.errors import SeglabError
+from seglab.models.layers.blocks import MaxUnpool2d, NearestUp2d
+from seglab.ops.contract import runnable_size
+from seglab.models.registry import create_model, list_models
 
 NUM_CLASSES = 5
 

@@ -6,8 +6,8 @@ import re
 import shlex
 from pathlib import Path
 
-from seglab import cli
-from seglab.config import load_config
+from seglab.apps import cli
+from seglab.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

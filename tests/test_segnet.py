@@ -10,17 +10,13 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 from seglab.models import count_gflops, count_parameters
-from seglab.models.blocks import (
-    UPSAMPLE_MODES,
-    BilinearConvTranspose2d,
-    make_upsample,
-    max_pool_2x2,
-    max_unpool_2x2,
+from seglab.models.layers.blocks import (
+    UPSAMPLE_MODES, BilinearConvTranspose2d, make_upsample, max_pool_2x2, max_unpool_2x2
 )
-from seglab.models.pretrained import vgg16_bn_key_map
-from seglab.registry import create_model
+from seglab.models.weights import vgg16_bn_key_map
+from seglab.models.registry import create_model
 
 # --- parameter counts -------------------------------------------------------------------------
 

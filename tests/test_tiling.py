@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seglab.errors import SeglabError
-from seglab.registry import create_model
-from seglab.tiling import blend_window, mirror_pad, predict_tiled
+from seglab.core.errors import SeglabError
+from seglab.models.registry import create_model
+from seglab.ops.tiling import blend_window, mirror_pad, predict_tiled
 
 K = 3
 
@@ -139,7 +139,7 @@ def test_invalid_arguments_raise() -> None:
 
 
 def test_evaluation_shrinks_the_tile_of_small_images_without_changing_the_result() -> None:
-    from seglab.engine.evaluate import forward_at_size
+    from seglab.ops.resize import forward_at_size
 
     torch.manual_seed(0)
     model = create_model("unet_valid", num_classes=K, depth=2, base_channels=4).eval()

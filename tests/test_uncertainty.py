@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from seglab.cli import main
-from seglab.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
+from seglab.apps.cli import main
+from seglab.core.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
 from seglab.engine import train
-from seglab.registry import create_model
-from seglab.uncertainty import CalibrationMeter, mc_dropout, mc_probabilities, uncertainty_maps
+from seglab.models.registry import create_model
+from seglab.metrics.uncertainty import CalibrationMeter, uncertainty_maps
+from seglab.ops.mc_dropout import mc_dropout, mc_probabilities
 
 
 def _dropout_sites(model: nn.Module) -> list[str]:

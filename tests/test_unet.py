@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 from seglab.models import count_parameters
-from seglab.models.sizes import runnable_size
-from seglab.models.unet import nearest_valid_sizes, output_size, valid_input_size
-from seglab.registry import create_model
+from seglab.ops.contract import runnable_size
+from seglab.models.semantic.unet import nearest_valid_sizes, output_size, valid_input_size
+from seglab.models.registry import create_model
 
 
 @pytest.fixture(autouse=True)
@@ -135,7 +135,7 @@ def test_options_and_errors() -> None:
 
 
 def _valid_unet_config(tmp_path, crop: list[int]):
-    from seglab.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
+    from seglab.core.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
 
     return Config(
         model=ModelConfig(name="unet_valid", kwargs={"depth": 2, "base_channels": 4}),
@@ -149,7 +149,7 @@ def _valid_unet_config(tmp_path, crop: list[int]):
 
 def test_unet_valid_trains_on_centre_cropped_targets_and_evaluates_tiled(tmp_path) -> None:
     from seglab.engine import train
-    from seglab.engine.evaluate import forward_at_size
+    from seglab.ops.resize import forward_at_size
 
     assert output_size((52, 52), depth=2) == (12, 12)  # 52 in, 12 labelled pixels out per side
     result = train(_valid_unet_config(tmp_path, [52, 52]))

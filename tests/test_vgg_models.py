@@ -14,14 +14,14 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from seglab.errors import SeglabError
+from seglab.core.errors import SeglabError
 from seglab.metrics import logits_to_labels
 from seglab.models import count_parameters
-from seglab.models.deconvnet import _init_he_transposed, deconv_norm_act, fc_padding
-from seglab.models.deeplab_v1 import DeepLabLargeFOV, DeepLabV1Head, deeplab_v1_backbone
-from seglab.models.segnet import SegNetEncoder
-from seglab.models.vgg import VGG16_FEATURE_INDICES, VGG16Backbone, load_vgg16_weights, make_fc_layers
-from seglab.registry import create_model
+from seglab.models.semantic.deconvnet import _init_he_transposed, deconv_norm_act, fc_padding
+from seglab.models.semantic.deeplab_v1 import DeepLabLargeFOV, DeepLabV1Head, deeplab_v1_backbone
+from seglab.models.semantic.segnet import SegNetEncoder
+from seglab.models.backbones.vgg import VGG16_FEATURE_INDICES, VGG16Backbone, load_vgg16_weights, make_fc_layers
+from seglab.models.registry import create_model
 
 ONE_CHANNEL = ((1, 1), (1, 1), (1, 1, 1), (1, 1, 1), (1, 1, 1))
 VGG16_CONVS = 14_714_688

@@ -12,13 +12,8 @@ from scipy import ndimage
 
 from seglab.data.io import read_mask
 from seglab.data.transforms import SegmentationTransform
-from seglab.data.weight_map import (
-    border_cutoff,
-    nearest_two_distances,
-    transform_with_weight_map,
-    unet_weight_map,
-)
-from seglab.errors import SeglabError
+from seglab.data.weight_map import border_cutoff, nearest_two_distances, transform_with_weight_map, unet_weight_map
+from seglab.core.errors import SeglabError
 
 
 def border(d1: float, d2: float, w0: float = 10.0, sigma: float = 5.0) -> float:

@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CLASS_WEIGHT_METHODS as WEIGHT_METHODS
-from .config import LossConfig
-from .errors import SeglabError, did_you_mean
+from seglab.core.config import CLASS_WEIGHT_METHODS as WEIGHT_METHODS
+from seglab.core.config import LossConfig
+from seglab.core.errors import SeglabError, did_you_mean
 
 __all__ = [
     "BINARY_LOSSES",

@@ -13,17 +13,17 @@ Example:
     ((3, 96, 128), 7)
 """
 
-from .base import DatasetInfo, SegmentationDataset
-from .build import DATASETS, build_dataset, dataset_info, default_palette
-from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID, CAMVID_VOID_COLOR
-from .check import check_dataset
-from .class_weights import WEIGHT_METHODS, compute_class_weights
-from .io import read_image, read_mask, read_rgb_mask
-from .isbi import ISBI_CLASSES, ISBI_PALETTE, ISBI2012Dataset
-from .report import DatasetReport, Issue
-from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticRoadScenes, render_scene
-from .transforms import SegmentationTransform, build_transforms
-from .weight_map import transform_with_weight_map, unet_weight_map
+from seglab.data.base import DatasetInfo, SegmentationDataset
+from seglab.data.build import DATASETS, build_dataset, dataset_info, default_palette
+from seglab.data.camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID, CAMVID_VOID_COLOR
+from seglab.data.check import check_dataset
+from seglab.data.class_weights import WEIGHT_METHODS, compute_class_weights
+from seglab.data.io import read_image, read_mask, read_rgb_mask
+from seglab.data.isbi import ISBI_CLASSES, ISBI_PALETTE, ISBI2012Dataset
+from seglab.data.report import DatasetReport, Issue
+from seglab.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticRoadScenes, render_scene
+from seglab.data.transforms import SegmentationTransform, build_transforms
+from seglab.data.weight_map import transform_with_weight_map, unet_weight_map
 
 __all__ = [
     "DatasetInfo",

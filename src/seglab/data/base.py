@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import SeglabError
-from .cache import ArrayCache
-from .io import describe_bad_values, image_hw, read_image, read_mask, read_rgb_mask, resize_image, resize_mask
+from seglab.core.errors import SeglabError
+from seglab.data.cache import ArrayCache
+from seglab.data.io import (
+    describe_bad_values, image_hw, read_image, read_mask, read_rgb_mask, resize_image, resize_mask
+)
 
 __all__ = ["DatasetInfo", "SegmentationDataset", "validate_mask_values", "mask_storage_dtype"]
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import DataConfig
-from ..errors import SeglabError, did_you_mean
-from .base import DatasetInfo, SegmentationDataset
-from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID, camvid_samples, resolve_camvid_root
-from .folder import folder_samples
-from .isbi import ISBI_CLASSES, ISBI_PALETTE, build_isbi
-from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticRoadScenes
-from .transforms import build_transforms
+from seglab.core.config import DataConfig
+from seglab.core.errors import SeglabError, did_you_mean
+from seglab.data.base import DatasetInfo, SegmentationDataset
+from seglab.data.camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID, camvid_samples, resolve_camvid_root
+from seglab.data.folder import folder_samples
+from seglab.data.isbi import ISBI_CLASSES, ISBI_PALETTE, build_isbi
+from seglab.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticRoadScenes
+from seglab.data.transforms import build_transforms
 
 __all__ = ["DATASETS", "dataset_info", "build_dataset", "default_palette"]
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SeglabError, did_you_mean
-from .folder import pair_by_stem
+from seglab.core.errors import SeglabError, did_you_mean
+from seglab.data.folder import pair_by_stem
 
 __all__ = [
     "CAMVID_CLASSES",
@@ -64,7 +64,7 @@ CAMVID_VOID_COLOR = (0, 0, 0)
 _LIST_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def _looks_like_root(path: Path) -> bool:
+def looks_like_camvid_root(path: Path) -> bool:
     return any((path / f"{s}.txt").is_file() or (path / f"{s}annot").is_dir() for s in ("train", "val", "test"))
 
 
@@ -85,7 +85,7 @@ def resolve_camvid_root(root: str | Path | None) -> Path:
             f"CamVid root {str(path)!r} does not exist. Point --data.root at the directory holding train.txt, "
             "train/ and trainannot/ (the SegNet tutorial's CamVid folder)."
         )
-    if not _looks_like_root(path) and _looks_like_root(path / "camvid"):
+    if not looks_like_camvid_root(path) and looks_like_camvid_root(path / "camvid"):
         return path / "camvid"
     return path
 

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import SeglabError
-from .camvid import CAMVID_CLASSES, CAMVID_VOID, _looks_like_root, camvid_splits, parse_list_file
-from .folder import folder_split_dirs, folder_splits, pair_by_stem
-from .isbi import ISBI_CLASSES, ISBI_FILE_EXTS, ISBI_LABEL_VALUES
-from .io import RGBMaskError, read_mask
-from .report import DatasetReport, SplitSummary, files_text
+from seglab.core.errors import SeglabError
+from seglab.data.camvid import CAMVID_CLASSES, CAMVID_VOID, looks_like_camvid_root, camvid_splits, parse_list_file
+from seglab.data.folder import folder_split_dirs, folder_splits, pair_by_stem
+from seglab.data.isbi import ISBI_CLASSES, ISBI_FILE_EXTS, ISBI_LABEL_VALUES
+from seglab.data.io import RGBMaskError, read_mask
+from seglab.data.report import DatasetReport, SplitSummary, files_text
 
 __all__ = ["check_dataset", "DatasetReport"]
 
@@ -59,9 +59,9 @@ def _detect(root: Path) -> tuple[str, Path]:
         return "isbi2012", root
     if folder_splits(root):
         return "folder", root
-    if _looks_like_root(root) or camvid_splits(root):
+    if looks_like_camvid_root(root) or camvid_splits(root):
         return "camvid", root
-    if _looks_like_root(root / "camvid"):
+    if looks_like_camvid_root(root / "camvid"):
         return "camvid", root / "camvid"
     if _is_isbi(root / "isbi2012"):
         return "isbi2012", root / "isbi2012"

@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_text
-from ..config import CLASS_WEIGHT_METHODS as WEIGHT_METHODS
-from ..config import DataConfig
-from ..errors import SeglabError, did_you_mean
-from .build import build_dataset, dataset_info
+from seglab.core.atomic import atomic_write_text
+from seglab.core.config import CLASS_WEIGHT_METHODS as WEIGHT_METHODS
+from seglab.core.config import DataConfig
+from seglab.core.errors import SeglabError, did_you_mean
+from seglab.data.build import build_dataset, dataset_info
 
 __all__ = [
     "WEIGHT_METHODS",

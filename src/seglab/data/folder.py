@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SeglabError, did_you_mean
+from seglab.core.errors import SeglabError, did_you_mean
 
 __all__ = [
     "CHECK_COMMAND",

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import SeglabError
+from seglab.core.errors import SeglabError
 
 __all__ = [
     "RGBMaskError",

@@ -33,15 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import DataConfig
-from ..errors import SeglabError
-from .base import DatasetInfo, SegmentationDataset, Transform
-from .cache import ArrayCache
-from .camvid import parse_list_file
-from .folder import pair_by_stem
-from .io import describe_bad_values, image_hw, read_mask
-from .transforms import build_transforms
-from .weight_map import transform_with_weight_map, unet_weight_map
+from seglab.core.config import DataConfig
+from seglab.core.errors import SeglabError
+from seglab.data.base import DatasetInfo, SegmentationDataset, Transform
+from seglab.data.cache import ArrayCache
+from seglab.data.camvid import parse_list_file
+from seglab.data.folder import pair_by_stem
+from seglab.data.io import describe_bad_values, image_hw, read_mask
+from seglab.data.transforms import build_transforms
+from seglab.data.weight_map import transform_with_weight_map, unet_weight_map
 
 __all__ = [
     "ISBI_CLASSES",

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import DatasetInfo, SegmentationDataset, Transform
-from .camvid import CAMVID_PALETTE
+from seglab.data.base import DatasetInfo, SegmentationDataset, Transform
+from seglab.data.camvid import CAMVID_PALETTE
 
 __all__ = ["SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "render_scene", "SyntheticRoadScenes"]
 

@@ -25,8 +25,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..config import DataConfig
-from ..errors import SeglabError
+from seglab.core.config import DataConfig
+from seglab.core.errors import SeglabError
 
 __all__ = ["SegmentationTransform", "build_transforms"]
 

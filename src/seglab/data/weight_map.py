@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..errors import SeglabError
+from seglab.core.errors import SeglabError
 
 __all__ = [
     "unet_weight_map",

@@ -31,7 +31,7 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, fmt: str = "jsonl") -> None:
         if fmt not in ("jsonl", "csv"):
-            from ..errors import SeglabError
+            from seglab.core.errors import SeglabError
 
             raise SeglabError(f"train.log_format must be jsonl or csv, got {fmt!r}.")
         self.fmt = fmt

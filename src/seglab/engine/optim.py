@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from ..config import TrainConfig
-from ..errors import SeglabError, did_you_mean
+from seglab.core.config import TrainConfig
+from seglab.core.errors import SeglabError, did_you_mean
 
 __all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
 

@@ -23,21 +23,24 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .. import __version__
-from ..atomic import atomic_write_text
-from ..config import Config, config_to_dict, dump_config
-from ..data import build_dataset, compute_class_weights, dataset_info
-from ..errors import SeglabError
-from ..losses import BINARY_LOSSES, build_loss, resolve_class_weights
-from ..metrics import format_metrics_table
-from ..registry import create_model
-from ..tiling import center_crop
-from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from .evaluate import EM_KEYS, em_foreground_class, evaluate_model
-from .loader import build_eval_loader, build_train_loader
-from .logging import MetricsLogger, dumps
-from .optim import build_optimizer, build_scheduler
-from .runtime import autocast, configure_threads, resolve_amp, rng_state, seed_everything, select_device, set_rng_state
+from seglab.core.version import __version__
+from seglab.core.atomic import atomic_write_text
+from seglab.core.config import Config, config_to_dict, dump_config
+from seglab.data import build_dataset, compute_class_weights, dataset_info
+from seglab.core.errors import SeglabError
+from seglab.losses import BINARY_LOSSES, build_loss, resolve_class_weights
+from seglab.metrics import format_metrics_table
+from seglab.models.registry import create_model
+from seglab.ops.tiling import center_crop
+from seglab.tasks.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from seglab.tasks.semantic import EM_KEYS, em_foreground_class
+from seglab.engine.evaluate import evaluate_model
+from seglab.engine.loader import build_eval_loader, build_train_loader
+from seglab.engine.logging import MetricsLogger, dumps
+from seglab.engine.optim import build_optimizer, build_scheduler
+from seglab.core.runtime import (
+    autocast, configure_threads, resolve_amp, rng_state, seed_everything, select_device, set_rng_state
+)
 
 __all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged"]
 

@@ -14,10 +14,10 @@ Example:
     >>> print(format_metrics_table(metrics.compute(), class_names))
 """
 
-from .boundary import BoundaryF1Accumulator, boundary_f1, boundary_f1_per_class, boundary_map
-from .confusion import SegmentationMetrics, confusion_matrix, logits_to_labels, metrics_from_confusion
-from .em import em_metrics
-from .report import format_metrics_table, format_percent
+from seglab.metrics.boundary import BoundaryF1Accumulator, boundary_f1, boundary_f1_per_class, boundary_map
+from seglab.metrics.confusion import SegmentationMetrics, confusion_matrix, logits_to_labels, metrics_from_confusion
+from seglab.metrics.em import em_metrics
+from seglab.metrics.report import format_metrics_table, format_percent
 
 __all__ = [
     "SegmentationMetrics",

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SeglabError
+from seglab.core.errors import SeglabError
 
 __all__ = ["boundary_f1", "boundary_f1_per_class", "boundary_map", "BoundaryF1Accumulator"]
 

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import SeglabError
-from .boundary import BoundaryF1Accumulator
+from seglab.core.errors import SeglabError
+from seglab.metrics.boundary import BoundaryF1Accumulator
 
 __all__ = [
     "SegmentationMetrics",

@@ -39,7 +39,7 @@ import torch
 from scipy import ndimage
 from skimage.metrics import adapted_rand_error
 
-from ..errors import SeglabError
+from seglab.core.errors import SeglabError
 
 __all__ = ["em_metrics", "cell_instances", "slice_rand_scores"]
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..errors import SeglabError
+from seglab.core.errors import SeglabError
 
 __all__ = ["count_gflops", "count_parameters"]
 

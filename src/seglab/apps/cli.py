@@ -1,0 +1,288 @@
+"""The ``seglab`` command. Every sub-command's ``--help`` ends with an example.
+
+User mistakes (:class:`SeglabError`) are printed as one paragraph and exit with status 2;
+an interrupted training exits with 130 after writing a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from seglab.core.errors import SeglabError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seglab",
+        description="Image segmentation centred on SegNet: train, evaluate, predict.",
+        epilog="Start here: seglab quickstart",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    t = add("train", "Train a model from a YAML recipe, with --section.key value overrides.",
+            "seglab train configs/segnet_basic_camvid.yaml --data.root ../shared/data/camvid --train.epochs 2")
+    t.add_argument("recipe", help="YAML recipe (configs/*.yaml)")
+    t.epilog += ("\n\nany config key can be overridden, e.g. --train.lr 0.01 --data.image_size [180,240] "
+                 "--model.kwargs.upsample bilinear --train.resume runs/x/last.pt")
+
+    e = add("evaluate", "Evaluate a checkpoint with the SegNet protocol (G, C, per-class and mean IoU, fwIoU, BF).",
+            "seglab evaluate runs/camvid/best.pt --data.root ../shared/data/camvid --split val")
+    e.add_argument("checkpoint")
+    e.add_argument("--split", default="val", help="split to score (default: val)")
+    e.add_argument("--out", help="JSON file for the results (default: eval_<split>.json beside the checkpoint)")
+    e.add_argument("--batch-size", type=int, default=2)
+    e.add_argument("--no-bf", action="store_true", help="skip boundary F1 (faster)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--mc-samples", type=int, default=0,
+                   help="Monte-Carlo dropout samples (Bayesian models): also reports calibration (ECE)")
+    e.add_argument("--onnx", metavar="FILE",
+                   help="score this exported .onnx file (e.g. the int8 one from `seglab export --int8`) in "
+                        "onnxruntime instead of the checkpoint's PyTorch weights; the checkpoint still supplies "
+                        "the data set, classes and resolution")
+
+    pr = add("predict", "Predict images, folders or globs to label, colour and overlay PNGs.",
+             "seglab predict runs/camvid/best.pt street.png more_images/ 'shots/*.jpg' --out predictions/")
+    pr.add_argument("checkpoint")
+    pr.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                    help="onnxruntime takes a .onnx file written by `seglab export` instead of a checkpoint")
+    pr.add_argument("--no-fast", action="store_true", help="plain eager model instead of the inference fast path")
+    pr.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"),
+                    help="overlap-tile inference with mirror padding (automatic for unet_valid)")
+    pr.add_argument("--tile-overlap", type=int, default=32)
+    pr.add_argument("--mc-samples", type=int, default=0,
+                    help="Monte-Carlo dropout samples (Bayesian models): also writes uncertainty heat maps")
+
+    x = add("export", "Export a checkpoint to ONNX, check parity with PyTorch, optionally quantize to int8.",
+            "seglab export runs/camvid/best.pt --format onnx --out segnet.onnx --int8 --data.root ../shared/data/camvid")
+    x.add_argument("checkpoint")
+    x.add_argument("--format", choices=("onnx",), default="onnx")
+    x.add_argument("--out", help="output file (default: the checkpoint's name with .onnx)")
+    x.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="example input size")
+    x.add_argument("--int8", action="store_true", help="also write an int8 (static, QDQ) model calibrated on training images")
+    x.add_argument("--calibration-images", type=int, default=16)
+
+    b = add("benchmark", "Time models and execution paths in one run (latency, images/s, GFLOP/s, memory).",
+            "seglab benchmark --models segnet segnet_basic --sizes 360 480 --json bench.json")
+    b.add_argument("--models", nargs="*", help="registered model names (default: the standard set)")
+    b.add_argument("--sizes", type=int, nargs="+", default=[360, 480], metavar="H W", help="pairs of H W")
+    b.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
+    b.add_argument("--paths", nargs="*", help="execution paths, e.g. eager fast onnxruntime quantized")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--threads", type=int)
+    b.add_argument("--train", action="store_true", help="time the training step instead of inference")
+    b.add_argument("--json", help="write the rows as JSON")
+
+    m = add("models", "List registered models with parameter counts and GFLOPs.",
+            "seglab models --size 360 480\n  seglab models segnet unet_valid")
+    m.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
+    m.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
+    m.add_argument("--num-classes", type=int, default=11)
+    m.add_argument("--no-flops", action="store_true", help="skip the (slower) FLOP count")
+
+    d = add("data", "Inspect a data set.", "seglab data check ../shared/data/camvid")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
+    dc = dsub.add_parser("check", help="Report class histogram and problems; non-zero exit on errors.",
+                         description="Report class histogram, missing masks, size mismatches, bad label values.",
+                         epilog="example:\n  seglab data check ../shared/data/camvid --num-classes 11",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    dc.add_argument("path")
+    dc.add_argument("--num-classes", type=int)
+    dc.add_argument("--split", help="only this split")
+
+    q = add("quickstart", "Train SegNet-Basic on built-in synthetic road scenes, evaluate it and draw overlays.",
+            "seglab quickstart --out-dir runs")
+    q.add_argument("--out-dir", default="runs")
+    q.add_argument("--epochs", type=int, help="override the number of epochs")
+    return p
+
+
+def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from seglab.core.config import load_config
+    from seglab.engine.trainer import train
+
+    result = train(load_config(args.recipe, extra))
+    if result.interrupted:
+        return 130
+    print(f"seglab: done. Run folder: {result.run_dir}  (best: {result.best_checkpoint}, last: {result.last_checkpoint})")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
+    from seglab.apps.evaluate import evaluate_checkpoint
+    from seglab.core.atomic import atomic_write_text
+    from seglab.engine.logging import dumps
+    from seglab.metrics import format_metrics_table
+
+    results = evaluate_checkpoint(args.checkpoint, extra, args.split, args.batch_size, not args.no_bf, args.device,
+                                  mc_samples=args.mc_samples, onnx=args.onnx)
+    print(format_metrics_table(results, results["class_names"]))
+    if args.mc_samples:
+        print(f"Monte-Carlo dropout, {args.mc_samples} samples: expected calibration error {100 * results['ece']:.2f} %")
+        for b in results["accuracy_by_uncertainty"]:
+            if b["pixels"]:
+                print(f"  entropy {b['entropy_from']:.1f}-{b['entropy_to']:.1f} of max: "
+                      f"{b['pixels']:>9} px, accuracy {100 * b['accuracy']:.1f} %")
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{args.split}.json"
+    atomic_write_text(out, dumps(results, indent=2))
+    print(f"seglab: metrics written to {out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
+    from seglab.apps.predict import predict_to_files
+
+    _no_extra(extra)
+    if args.backend == "onnxruntime":
+        if args.mc_samples:
+            raise SeglabError("--mc-samples needs the torch backend (dropout must sample at run time).")
+        from seglab.inference.onnx_backend import OnnxSegmenter
+
+        seg = OnnxSegmenter(args.checkpoint, tile=args.tile, tile_overlap=args.tile_overlap)
+    else:
+        from seglab.inference.predictor import Segmenter
+
+        seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile,
+                                        tile_overlap=args.tile_overlap, fast=not args.no_fast)
+    files = predict_to_files(seg, args.inputs, args.out, args.alpha, mc_samples=args.mc_samples)
+    print(f"seglab: wrote {len(files)} files to {args.out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
+    from seglab.export.onnx import export_onnx
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    export_onnx(args.checkpoint, out, input_size=args.input_size)  # prints its parity report
+    if args.int8:
+        from seglab.export.quantize import quantize_onnx
+        from seglab.export.quantize import calibration_images
+
+        images = calibration_images(args.checkpoint, extra, args.calibration_images)
+        quantize_onnx(out, out.with_name(out.stem + "_int8.onnx"), images)  # prints its agreement with fp32
+    else:
+        _no_extra(extra)
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace, extra: list[str]) -> int:
+    from seglab.apps.benchmark import format_table, run_benchmark
+
+    _no_extra(extra)
+    if len(args.sizes) % 2:
+        raise SeglabError("--sizes takes pairs of H W, e.g. --sizes 360 480 180 240.")
+    sizes = [tuple(args.sizes[i:i + 2]) for i in range(0, len(args.sizes), 2)]
+    rows = run_benchmark(args.models or None, sizes, args.batch_sizes, args.paths or None, args.warmup, args.repeats,
+                         args.threads, train_mode=args.train, json_out=args.json)
+    print(format_table(rows))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
+    from seglab.models.complexity import count_gflops, count_parameters
+    from seglab.ops.contract import runnable_size
+    from seglab.models.registry import create_model, list_models
+
+    _no_extra(extra)
+    h, w = args.size
+    print(f"{'model':<28}{'params (M)':>12}{f'GFLOPs @{h}x{w}':>18}")
+    footnotes = []
+    for name in args.names or list_models():
+        model = create_model(name, args.num_classes).eval()
+        params = count_parameters(model) / 1e6
+        size = runnable_size(model, (h, w))
+        flops = "-" if args.no_flops else f"{count_gflops(model, size):.1f}"
+        if size != (h, w) and not args.no_flops:  # valid-convolution models: counted at the nearest size they take
+            footnotes.append(f"* {name}: counted at {size[0]}x{size[1]}, the nearest input size it accepts")
+            flops += "*"
+        print(f"{name:<28}{params:>12.3f}{flops:>18}")
+    for line in footnotes:
+        print(line)
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace, extra: list[str]) -> int:
+    from seglab.data import check_dataset
+
+    _no_extra(extra)
+    if args.data_command != "check":
+        raise SeglabError("Use `seglab data check PATH`.")
+    report = check_dataset(args.path, num_classes=args.num_classes, split=args.split)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _cmd_quickstart(args: argparse.Namespace, extra: list[str]) -> int:
+    from seglab.apps.quickstart import run_quickstart
+
+    run_quickstart(args.out_dir, extra, epochs=args.epochs)
+    return 0
+
+
+def _no_extra(extra: list[str]) -> None:
+    if extra:
+        raise SeglabError(f"Unrecognised arguments: {' '.join(extra)}. See --help.")
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "export": _cmd_export,
+            "benchmark": _cmd_benchmark, "models": _cmd_models,
+            "data": _cmd_data, "quickstart": _cmd_quickstart}
+
+
+def overrides_last(argv: list[str]) -> list[str]:
+    """Move ``--section.key value`` config overrides after every other argument.
+
+    argparse takes the first bare word for a command's positional argument, so in
+    ``seglab train --data.root DIR RECIPE`` it would take ``DIR`` for the recipe. Dotted keys
+    name no argparse option, so each one, with its value unless written ``--key=value``, can be
+    moved to the end, where argparse hands them back untouched as overrides.
+    """
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--") and "." in token.split("=", 1)[0]:
+            n = 1 if "=" in token else 2
+            overrides += argv[i : i + n]
+            i += n
+        else:
+            rest.append(token)
+            i += 1
+    return rest + overrides
+
+
+def parse_command_line(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``(arguments, config overrides)`` of a ``seglab`` command line, overrides in any position."""
+    return _parser().parse_known_args(overrides_last(list(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parse_command_line(sys.argv[1:] if argv is None else argv)
+    if args.command is None:
+        _parser().print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args, extra)
+    except SeglabError as e:
+        print("seglab error: " + textwrap.fill(str(e), width=100, subsequent_indent="  "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seglab: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""``seglab evaluate``: score a checkpoint (or its ONNX export) on a split of its data set."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seglab.core.errors import SeglabError
+from seglab.engine.evaluate import evaluate_model
+from seglab.tasks.semantic import em_foreground_class
+
+__all__ = ["evaluate_checkpoint"]
+
+
+def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: str = "val", batch_size: int = 2,
+                        compute_bf: bool = True, device: str = "auto", mc_samples: int = 0,
+                        onnx: str | None = None) -> dict:
+    """Score a checkpoint on a split of its own data set (``overrides`` may point ``--data.root`` elsewhere).
+
+    With ``onnx`` (a file exported from this checkpoint, fp32 or int8) onnxruntime computes the
+    logits instead of PyTorch, through the same resizing and scoring, so the two are comparable.
+
+    Returns the metrics dict plus ``class_names``, ``split``, ``checkpoint`` (and ``onnx``).
+    """
+    import dataclasses
+
+    from seglab.core.config import apply_overrides
+    from seglab.data import build_dataset, dataset_info
+    from seglab.tasks.checkpoint import check_compatible, checkpoint_config, load_checkpoint, model_from_checkpoint
+    from seglab.engine.loader import build_eval_loader
+    from seglab.core.runtime import resolve_amp, select_device
+
+    ckpt = load_checkpoint(path)
+    cfg = apply_overrides(checkpoint_config(ckpt), overrides or [])
+    info = dataset_info(cfg.data)
+    check_compatible(ckpt, ckpt["model_name"], info.num_classes, path)
+    dev = select_device(device)
+    if onnx is not None:
+        if mc_samples:
+            raise SeglabError("--mc-samples needs the PyTorch model: an exported ONNX graph has no dropout sampling.")
+        model, dev = _OnnxModule(onnx, ckpt["model_name"], info.num_classes), torch.device("cpu")
+    else:
+        model = model_from_checkpoint(ckpt, path).to(dev)
+    if mc_samples:
+        from seglab.tasks.semantic import require_dropout
+
+        require_dropout(model, ckpt["model_name"])
+    data_cfg = dataclasses.replace(cfg.data, image_size=None, limit=cfg.data.limit)
+    dataset = build_dataset(data_cfg, split, train=False)
+    loader = build_eval_loader(dataset, batch_size, cfg.data.num_workers, dev.type == "cuda")
+    results = evaluate_model(model, loader, info.num_classes, info.ignore_index, dev, resolve_amp(cfg.train.amp, dev),
+                             infer_size=model.segmenter.infer_size if onnx is not None else ckpt.get("image_size"),
+                             compute_bf=compute_bf, mc_samples=mc_samples,
+                             em_foreground=em_foreground_class(cfg.data.dataset))
+    extra = {"onnx": str(onnx)} if onnx is not None else {}
+    return {"checkpoint": str(path), **extra, "split": split, "class_names": list(info.class_names), **results}
+
+
+class _OnnxModule(nn.Module):
+    """An onnxruntime session behind the ``nn.Module`` call that :func:`evaluate_model` makes."""
+
+    def __init__(self, path: str, model_name: str, num_classes: int) -> None:
+        super().__init__()
+        from seglab.inference.onnx_backend import OnnxSegmenter
+
+        self.segmenter = OnnxSegmenter(path)
+        if (self.segmenter.model_name, self.segmenter.num_classes) != (model_name, num_classes):
+            raise SeglabError(f"{path!r} holds {self.segmenter.model_name!r} with {self.segmenter.num_classes} classes, "
+                              f"but the checkpoint is {model_name!r} with {num_classes}: export this checkpoint with "
+                              "`seglab export` and pass that file.")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segmenter.run(x.float().contiguous())

@@ -1,0 +1,89 @@
+"""Device, precision, threads and seeding: the few machine-dependent choices, made in one place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from seglab.core.errors import SeglabError
+
+__all__ = ["select_device", "resolve_amp", "autocast", "seed_everything", "rng_state", "set_rng_state", "cpu_supports_bf16"]
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as e:
+        raise SeglabError(f"Unknown device {spec!r} (train.device): use auto, cpu, cuda or cuda:N.") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SeglabError(f"Device {spec!r} was asked for, but no CUDA GPU is visible. Use --train.device cpu (or auto).")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 is fast."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(spec: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``spec`` (auto | bf16 | fp16 | none) on ``device``; None means fp32."""
+    if spec in ("none", "fp32", "off"):
+        return None
+    if spec == "bf16":
+        return torch.bfloat16
+    if spec == "fp16":
+        if device.type != "cuda":
+            raise SeglabError("fp16 autocast needs a CUDA device; on CPU use --train.amp bf16 or none.")
+        return torch.float16
+    if spec == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    raise SeglabError(f"Unknown precision {spec!r} (train.amp): use auto, bf16, fp16 or none.")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast context for ``dtype``, or a no-op for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states a resumed run needs to continue identically."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def configure_threads(threads: int | None) -> None:
+    """Use ``threads`` intra-op threads (default: all cores the process may use)."""
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, threads))

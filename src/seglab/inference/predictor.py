@@ -1,0 +1,176 @@
+"""Prediction from a checkpoint alone: ``Segmenter.from_checkpoint(path).predict(image)``.
+
+Example:
+    >>> seg = Segmenter.from_checkpoint("runs/quickstart/best.pt")
+    >>> labels = seg.predict("street.png")        # H x W int64 class ids at the image's size
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from seglab.data import read_image
+from seglab.tasks.checkpoint import load_checkpoint, model_from_checkpoint
+from seglab.ops.resize import forward_at_size
+from seglab.core.runtime import autocast, resolve_amp, select_device
+from seglab.core.errors import SeglabError
+from seglab.inference.fastpath import optimize_for_inference
+from seglab.ops.tiling import predict_tiled
+
+__all__ = ["Predictor", "Segmenter"]
+
+ImageLike = np.ndarray | Image.Image | str | Path
+
+
+class Predictor:
+    """What every prediction backend shares: reading images, normalising them, and turning
+    logits into probabilities and label maps. Subclasses set ``mean`` / ``std`` (``3 x 1 x 1``
+    tensors) and implement :meth:`predict_logits` (:class:`Segmenter` for PyTorch,
+    :class:`seglab.onnx_backend.OnnxSegmenter` for onnxruntime)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @staticmethod
+    def load(image: ImageLike) -> np.ndarray:
+        """Any supported image input as an ``H x W x 3`` uint8 array."""
+        if isinstance(image, (str, Path)):
+            return read_image(image)
+        if isinstance(image, Image.Image):
+            return np.asarray(image.convert("RGB"))
+        if isinstance(image, np.ndarray):
+            if image.ndim == 2:
+                image = np.repeat(image[..., None], 3, axis=2)
+            if image.ndim != 3 or image.shape[2] not in (3, 4):
+                raise SeglabError(f"Expected an H x W x 3 RGB array, got shape {image.shape}.")
+            if image.dtype != np.uint8:
+                raise SeglabError(f"Expected a uint8 RGB array (0-255), got dtype {image.dtype}; convert with .astype(np.uint8).")
+            return image[..., :3]
+        raise SeglabError(f"Cannot read an image from {type(image).__name__}: pass a path, a PIL image or a uint8 array.")
+
+    def preprocess(self, image: ImageLike) -> torch.Tensor:
+        """``1 x 3 x H x W`` normalised float32 tensor (CPU) at the image's own size."""
+        array = self.load(image)
+        x = torch.from_numpy(np.require(array, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255)
+        return ((x - self.mean) / self.std).unsqueeze(0)
+
+    def predict_logits(self, image: ImageLike) -> torch.Tensor:
+        """Logits ``C x H x W`` (float32, CPU) at the image's own size."""
+        raise NotImplementedError
+
+    def predict_proba(self, image: ImageLike) -> np.ndarray:
+        """Class probabilities ``C x H x W`` (softmax; sigmoid for one-channel binary models)."""
+        logits = self.predict_logits(image)
+        probs = torch.sigmoid(logits) if logits.shape[0] == 1 else logits.softmax(0)
+        return probs.numpy()
+
+    def predict(self, image: ImageLike) -> np.ndarray:
+        """Class ids ``H x W`` (int64) for one RGB image (path, PIL image or uint8 array)."""
+        logits = self.predict_logits(image)
+        if logits.shape[0] == 1:
+            return (logits[0] > 0).long().numpy()
+        return logits.argmax(0).numpy()
+
+
+class Segmenter(Predictor):
+    """A model plus everything needed to turn an RGB image into a label map."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        class_names: Sequence[str],
+        palette: Sequence[Sequence[int]],
+        mean: Sequence[float],
+        std: Sequence[float],
+        infer_size: Sequence[int] | None = None,
+        device: str | torch.device = "auto",
+        amp: str = "none",
+        ignore_index: int | None = None,
+        model_name: str = "model",
+        tile: Sequence[int] | None = None,
+        tile_overlap: int = 32,
+        model_out_channels: int | None = None,
+        fast: bool = True,
+    ) -> None:
+        self.device = device if isinstance(device, torch.device) else select_device(device)
+        self.model = model.to(self.device).eval()
+        # The fast path (folded BN, inference mode, tuned threads/allocator) serves plain
+        # predictions; Monte-Carlo dropout keeps using the unfused model, whose dropout can sample.
+        self.forward_model = optimize_for_inference(self.model) if fast else self.model
+        self.num_classes = num_classes
+        self.class_names = list(class_names)
+        self.palette = [tuple(int(v) for v in c) for c in palette]
+        self.ignore_index = ignore_index
+        self.model_name = model_name
+        self.model_out_channels = model_out_channels or num_classes  # 1 for binary sigmoid heads
+        # Overlap-tile inference: always for valid-convolution models (their output is smaller
+        # than their input), on request for every other model.
+        self.valid_model = getattr(self.model, "output_size", None)
+        if tile is None and self.valid_model is not None:
+            tile = (572, 572)
+        self.tile = tuple(tile) if tile else None
+        self.tile_overlap = tile_overlap
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.infer_size = list(infer_size) if infer_size else None
+        self.amp_dtype = resolve_amp(amp, self.device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "none",
+                        tile: Sequence[int] | None = None, tile_overlap: int = 32, fast: bool = True) -> "Segmenter":
+        """Rebuild model, classes, palette and normalisation from a seglab checkpoint.
+
+        ``tile`` (h, w) switches on overlap-tile inference with mirror padding and Gaussian
+        blending of ``tile_overlap`` pixels, for images larger than memory allows.
+        """
+        ckpt = load_checkpoint(path)
+        model = model_from_checkpoint(ckpt, path)
+        return cls(model, ckpt["num_classes"], ckpt["class_names"], ckpt["palette"], ckpt["mean"], ckpt["std"],
+                   infer_size=ckpt.get("image_size"), device=device, amp=amp, ignore_index=ckpt.get("ignore_index"),
+                   model_name=ckpt["model_name"], tile=tile, tile_overlap=tile_overlap,
+                   model_out_channels=ckpt.get("model_num_classes"), fast=fast)
+
+    # ------------------------------------------------------------------ prediction
+    @torch.inference_mode()
+    def predict_logits(self, image: ImageLike) -> torch.Tensor:
+        """Logits ``C x H x W`` (float32, CPU) at the image's own size."""
+        x = self.preprocess(image).to(self.device)
+        with autocast(self.device, self.amp_dtype):
+            if self.tile is None:
+                logits = forward_at_size(self.forward_model, x, self.infer_size)
+            else:
+                logits = predict_tiled(self.forward_model, x, self.model_out_channels, self.tile, self.tile_overlap,
+                                       valid_model=self.valid_model)
+        return logits[0].float().cpu()
+
+    def predict_mc(self, image: ImageLike, samples: int) -> dict[str, np.ndarray]:
+        """Monte-Carlo dropout prediction (Bayesian models): labels, mean probabilities and
+        ``entropy`` / ``mutual_info`` / ``variance`` maps, all at the image's size; the
+        ``samples`` passes run batched."""
+        from seglab.ops.mc_dropout import mc_dropout, mc_probabilities
+        from seglab.tasks.semantic import require_dropout
+        from seglab.metrics.uncertainty import uncertainty_maps
+
+        require_dropout(self.model, self.model_name)
+        x = self.preprocess(image).to(self.device)
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, self.amp_dtype):
+                return forward_at_size(self.model, batch, self.infer_size).float()
+
+        with torch.inference_mode(), mc_dropout(self.model):
+            maps = uncertainty_maps(mc_probabilities(forward, x, samples))
+        out = {k: v[0].cpu().numpy() for k, v in maps.items()}
+        out["labels"] = maps["mean"][0].argmax(0).cpu().numpy()
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"classes": self.class_names, "device": str(self.device), "infer_size": self.infer_size}

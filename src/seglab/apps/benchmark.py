@@ -2,7 +2,7 @@
 
 :func:`run_benchmark` first measures the machine's dense-conv peak (best GFLOP/s of a 3x3
 128->128 fp32 conv, NCHW and channels-last), then, for every model x size x batch x path, runs the
-case in a **fresh Python process** (see :mod:`seglab.benchmark_case` for why and for the memory
+case in a **fresh Python process** (see :mod:`seglab.apps.benchmark_case` for why and for the memory
 method) and reports one row per case with the keys in :data:`ROW_KEYS`:
 
 * ``median_ms`` / ``min_ms``: per-call latency over ``repeats`` timed calls after ``warmup`` calls;
@@ -63,8 +63,8 @@ ROW_KEYS: tuple[str, ...] = ("model", "mode", "path", "height", "width", "batch"
                              "peak_mem_mb", *_INDEX_KEYS, "note")
 #: What each ONNX path needs: (module, function) pairs, imported lazily (optional dependencies).
 _ONNX_PATHS: dict[str, tuple[tuple[str, str], ...]] = {
-    "onnxruntime": (("seglab.export", "export_onnx"),),
-    "quantized": (("seglab.export", "export_onnx"), ("seglab.onnx_backend", "quantize_onnx")),
+    "onnxruntime": (("seglab.export.onnx", "export_onnx"),),
+    "quantized": (("seglab.export.onnx", "export_onnx"), ("seglab.export.quantize", "quantize_onnx")),
 }
 
 
@@ -94,7 +94,7 @@ def _child(case: dict[str, Any], env: dict[str, str] | None = None) -> dict[str,
     child_env = dict(os.environ, **(env or {}))
     src = str(Path(__file__).resolve().parents[1])  # so an uninstalled checkout works too
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (src, child_env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, "-m", "seglab.benchmark_case"], input=json.dumps(case), text=True,
+    proc = subprocess.run([sys.executable, "-m", "seglab.apps.benchmark_case"], input=json.dumps(case), text=True,
                           capture_output=True, env=child_env, check=False)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARKER):

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
+from seglab.core.config import apply_overrides
 from seglab.core.errors import SeglabError
+from seglab.core.runtime import resolve_amp, select_device
+from seglab.data import build_dataset, dataset_info
 from seglab.engine.evaluate import evaluate_model
-from seglab.tasks.semantic import em_foreground_class
+from seglab.engine.loader import build_eval_loader
+from seglab.inference.onnx_backend import OnnxSegmenter
+from seglab.tasks.checkpoint import check_compatible, checkpoint_config, model_from_checkpoint, read_checkpoint
+from seglab.tasks.semantic import SemanticTask, em_foreground_class, require_dropout
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -22,36 +30,28 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: st
 
     Returns the metrics dict plus ``class_names``, ``split``, ``checkpoint`` (and ``onnx``).
     """
-    import dataclasses
-
-    from seglab.core.config import apply_overrides
-    from seglab.data import build_dataset, dataset_info
-    from seglab.tasks.checkpoint import check_compatible, checkpoint_config, load_checkpoint, model_from_checkpoint
-    from seglab.engine.loader import build_eval_loader
-    from seglab.core.runtime import resolve_amp, select_device
-
-    ckpt = load_checkpoint(path)
+    ckpt = read_checkpoint(path)
+    meta = ckpt.meta
     cfg = apply_overrides(checkpoint_config(ckpt), overrides or [])
     info = dataset_info(cfg.data)
-    check_compatible(ckpt, ckpt["model_name"], info.num_classes, path)
+    check_compatible(ckpt, meta.model_name, info.num_classes, path)
     dev = select_device(device)
+    infer_size = meta.image_size
     if onnx is not None:
         if mc_samples:
             raise SeglabError("--mc-samples needs the PyTorch model: an exported ONNX graph has no dropout sampling.")
-        model, dev = _OnnxModule(onnx, ckpt["model_name"], info.num_classes), torch.device("cpu")
+        model, dev = _OnnxModule(onnx, meta.model_name, info.num_classes), torch.device("cpu")
+        infer_size = model.segmenter.infer_size
     else:
         model = model_from_checkpoint(ckpt, path).to(dev)
     if mc_samples:
-        from seglab.tasks.semantic import require_dropout
-
-        require_dropout(model, ckpt["model_name"])
+        require_dropout(model, meta.model_name)
+    task = SemanticTask(info.num_classes, info.ignore_index, info.class_names, info.palette, infer_size=infer_size,
+                        compute_bf=compute_bf, mc_samples=mc_samples, em_foreground=em_foreground_class(cfg.data.dataset))
     data_cfg = dataclasses.replace(cfg.data, image_size=None, limit=cfg.data.limit)
     dataset = build_dataset(data_cfg, split, train=False)
     loader = build_eval_loader(dataset, batch_size, cfg.data.num_workers, dev.type == "cuda")
-    results = evaluate_model(model, loader, info.num_classes, info.ignore_index, dev, resolve_amp(cfg.train.amp, dev),
-                             infer_size=model.segmenter.infer_size if onnx is not None else ckpt.get("image_size"),
-                             compute_bf=compute_bf, mc_samples=mc_samples,
-                             em_foreground=em_foreground_class(cfg.data.dataset))
+    results = evaluate_model(model, loader, task, dev, resolve_amp(cfg.train.amp, dev))
     extra = {"onnx": str(onnx)} if onnx is not None else {}
     return {"checkpoint": str(path), **extra, "split": split, "class_names": list(info.class_names), **results}
 
@@ -61,8 +61,6 @@ class _OnnxModule(nn.Module):
 
     def __init__(self, path: str, model_name: str, num_classes: int) -> None:
         super().__init__()
-        from seglab.inference.onnx_backend import OnnxSegmenter
-
         self.segmenter = OnnxSegmenter(path)
         if (self.segmenter.model_name, self.segmenter.num_classes) != (model_name, num_classes):
             raise SeglabError(f"{path!r} holds {self.segmenter.model_name!r} with {self.segmenter.num_classes} classes, "

@@ -23,39 +23,23 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from seglab.core.version import __version__
 from seglab.core.atomic import atomic_write_text
 from seglab.core.config import Config, config_to_dict, dump_config
-from seglab.data import build_dataset, compute_class_weights, dataset_info
 from seglab.core.errors import SeglabError
-from seglab.losses import BINARY_LOSSES, build_loss, resolve_class_weights
-from seglab.metrics import format_metrics_table
-from seglab.models.registry import create_model
-from seglab.ops.tiling import center_crop
-from seglab.tasks.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from seglab.tasks.semantic import EM_KEYS, em_foreground_class
+from seglab.core.runtime import (
+    autocast, configure_threads, resolve_amp, rng_state, seed_everything, select_device, set_rng_state
+)
+from seglab.core.version import __version__
+from seglab.data import build_dataset, compute_class_weights, dataset_info
 from seglab.engine.evaluate import evaluate_model
 from seglab.engine.loader import build_eval_loader, build_train_loader
 from seglab.engine.logging import MetricsLogger, dumps
 from seglab.engine.optim import build_optimizer, build_scheduler
-from seglab.core.runtime import (
-    autocast, configure_threads, resolve_amp, rng_state, seed_everything, select_device, set_rng_state
-)
+from seglab.metrics import format_metrics_table
+from seglab.tasks import build_task
+from seglab.tasks.checkpoint import Checkpoint, CheckpointMeta, TrainingState, check_compatible, read_checkpoint, save_checkpoint
 
 __all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged"]
-
-
-def _check_valid_crop(model: torch.nn.Module, cfg: Config) -> None:
-    """Valid-convolution models train on crops of a size they accept: fail before the first step."""
-    check = getattr(model, "valid_input_size", None)
-    crop = cfg.data.crop_size
-    if check is None or crop is None or check(tuple(crop)):
-        return
-    nearest = [model.nearest_valid_sizes(int(size)) for size in crop]
-    hints = "; ".join(f"{size} -> {below} or {above}" for size, (below, above) in zip(crop, nearest) if not check(int(size)))
-    raise SeglabError(f"{cfg.model.name} cannot train on {crop[0]}x{crop[1]} crops (data.crop_size): its unpadded "
-                      f"convolutions need sizes that pool evenly (nearest valid: {hints}). Set e.g. "
-                      f"--data.crop_size {' '.join(str(above) for _, above in nearest)}.")
 
 
 def _unused_run_dir(out_dir: Path, name: str) -> Path:
@@ -138,21 +122,11 @@ class Trainer:
 
     def _build_model(self) -> None:
         cfg, t = self.cfg, self.cfg.train
-        kwargs = dict(cfg.model.kwargs)
-        if cfg.model.pretrained_encoder:
-            kwargs["pretrained_encoder"] = cfg.model.pretrained_encoder
-        self.model_kwargs = kwargs
-        # A binary loss trains a one-channel (sigmoid) head on two-class data.
-        self.model_num_classes = 1 if cfg.loss.name in BINARY_LOSSES else self.info.num_classes
-        self.model = create_model(cfg.model.name, self.model_num_classes, **kwargs).to(self.device)
-        _check_valid_crop(self.model, cfg)
+        # The task owns the loss (with class weights from the training split) and the metrics.
+        self.task = build_task(cfg, self.info, lambda method: compute_class_weights(cfg.data, method), self.device)
+        self.model = self.task.build_model(cfg).to(self.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        weights = resolve_class_weights(cfg.loss.class_weights, self.info.num_classes,
-                                        lambda method: compute_class_weights(cfg.data, method))
-        self.class_weights = weights
-        self.criterion = build_loss(cfg.loss, self.info.num_classes, self.info.ignore_index,
-                                    weights.to(self.device) if weights is not None else None)
         self.optimizer = build_optimizer(self.model, t)
         self.scheduler = build_scheduler(self.optimizer, t, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -169,56 +143,43 @@ class Trainer:
         return run_dir
 
     def _init_from(self, path: str) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt = read_checkpoint(path, map_location=self.device)
         check_compatible(ckpt, self.cfg.model.name, self.info.num_classes, path)
-        self.model.load_state_dict(ckpt["model"])
+        self.model.load_state_dict(ckpt.model)
 
     def _resume(self, path: str) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt = read_checkpoint(path, map_location=self.device)
         check_compatible(ckpt, self.cfg.model.name, self.info.num_classes, path)
-        if "optimizer" not in ckpt:
+        state = ckpt.training
+        if state is None or not state.resumable:
             raise SeglabError(f"Checkpoint {path!r} holds weights only (no optimizer state), so it cannot resume a run. "
                               "Resume from the run's last.pt.")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        self.best_score, self.best_metrics = ckpt["best_score"], ckpt["best_metrics"]
-        set_rng_state(ckpt["rng"])
+        self.model.load_state_dict(ckpt.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.scaler.load_state_dict(state.scaler)
+        self.epoch, self.step_in_epoch, self.global_step = state.epoch, state.step_in_epoch, state.global_step
+        self.best_score, self.best_metrics = state.best_score, state.best_metrics
+        set_rng_state(state.rng)
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_state(self, full: bool = True) -> dict[str, Any]:
-        """Everything a checkpoint holds; ``full`` adds what resuming needs."""
+    def checkpoint(self, full: bool = True) -> Checkpoint:
+        """What a checkpoint holds; ``full`` adds what resuming needs."""
         cfg = self.cfg
-        state: dict[str, Any] = {
-            "seglab_version": __version__,
-            "model_name": cfg.model.name,
-            "model_kwargs": self.model_kwargs,
-            "num_classes": self.info.num_classes,
-            "model_num_classes": self.model_num_classes,
-            "class_names": list(self.info.class_names),
-            "palette": [list(c) for c in self.info.palette],
-            "ignore_index": self.info.ignore_index,
-            "mean": list(cfg.data.mean),
-            "std": list(cfg.data.std),
-            "image_size": cfg.data.image_size,
-            "config": config_to_dict(cfg),
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "best_score": self.best_score,
-            "best_metrics": self.best_metrics,
-        }
+        meta = CheckpointMeta(**self.task.checkpoint_metadata(), model_name=cfg.model.name,
+                              model_kwargs=dict(cfg.model.kwargs), mean=list(cfg.data.mean), std=list(cfg.data.std),
+                              seglab_version=__version__, config=config_to_dict(cfg))
+        training = TrainingState(self.epoch, self.step_in_epoch, self.global_step, self.best_score, self.best_metrics)
         if full:
-            state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                         scaler=self.scaler.state_dict(), rng=rng_state())
-        return state
+            training = dataclasses.replace(training, optimizer=self.optimizer.state_dict(),
+                                           scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                                           rng=rng_state())
+        weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        return Checkpoint(meta, weights, training)
 
     def save(self, name: str, full: bool = True) -> Path:
         path = self.run_dir / name
-        save_checkpoint(path, self.checkpoint_state(full))
+        save_checkpoint(path, self.checkpoint(full))
         return path
 
     # ------------------------------------------------------------------ loop
@@ -263,12 +224,13 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
                    disable=None if t.progress else True, dynamic_ncols=True, mininterval=1.0, leave=False)
         loss_sum, seen, start = 0.0, 0, time.perf_counter()
-        for i, (images, masks, *extra) in enumerate(self.train_loader):
+        for i, item in enumerate(self.train_loader):
             if i >= steps_left:
                 break
-            loss = self._train_step(images, masks, *extra)
+            batch = self.task.prepare_batch(item, self.device, t.channels_last)
+            loss = self._train_step(batch)
             loss_sum += loss
-            seen += images.shape[0]
+            seen += self.task.batch_size(batch)
             rate = seen / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}", img_s=f"{rate:.1f}", refresh=False)
             bar.update(1)
@@ -282,21 +244,12 @@ class Trainer:
         return {"step": self.global_step, "lr": self.scheduler.get_last_lr()[0], "train_loss": loss_sum / steps,
                 "train_images_per_s": seen / elapsed if elapsed > 0 else 0.0, "epoch_seconds": elapsed}
 
-    def _train_step(self, images: torch.Tensor, masks: torch.Tensor, *extra: torch.Tensor) -> float:
-        """One optimisation step; ``extra`` (e.g. U-Net weight maps) goes to the loss after the mask."""
+    def _train_step(self, batch: Any) -> float:
+        """One optimisation step on a batch prepared by the task, which also computes the loss."""
         t = self.cfg.train
-        images = images.to(self.device, non_blocking=True)
-        if t.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        masks = masks.to(self.device, non_blocking=True)
         with autocast(self.device, self.amp_dtype):
-            logits = self.model(images)
-        extra = tuple(e.to(self.device, non_blocking=True) for e in extra)
-        if logits.shape[-2:] != masks.shape[-2:]:
-            # Valid-convolution models (unet_valid) predict the centre of their input tile:
-            # score that centre only, as the U-Net paper trains (572 in, 388 labelled out).
-            masks, extra = center_crop(masks, logits.shape[-2:]), tuple(center_crop(e, logits.shape[-2:]) for e in extra)
-        loss = self.criterion(logits.float(), masks, *extra)
+            output = self.task.forward(self.model, batch)
+        loss = self.task.loss(output, batch)
         value = loss.item()
         if not math.isfinite(value):
             last = self.run_dir / "last.pt"
@@ -319,13 +272,9 @@ class Trainer:
     def _validate(self) -> dict[str, Any]:
         t = self.cfg.train
         start = time.perf_counter()
-        results = evaluate_model(self.model, self.val_loader, self.info.num_classes, self.info.ignore_index, self.device,
-                                 self.amp_dtype, infer_size=self.cfg.data.image_size, compute_bf=t.val_bf,
-                                 channels_last=t.channels_last,
-                                 em_foreground=em_foreground_class(self.cfg.data.dataset))
-        summary = {f"val_{k}": results[k] for k in ("global_acc", "class_acc", "miou", "fwiou", "bf", *EM_KEYS)
-                   if k in results}
-        summary["val_iou"] = results["iou"]
+        results = evaluate_model(self.model, self.val_loader, self.task, self.device, self.amp_dtype,
+                                 channels_last=t.channels_last)
+        summary = {f"val_{k}": results[k] for k in (*self.task.summary_keys, "iou") if k in results}
         summary["val_seconds"] = time.perf_counter() - start
         score = results.get(t.select_metric)
         if not isinstance(score, float):

@@ -34,7 +34,7 @@ from torch import nn
 
 from seglab.core.config import IMAGENET_MEAN, IMAGENET_STD
 from seglab.data import default_palette
-from seglab.tasks.checkpoint import load_checkpoint, model_from_checkpoint
+from seglab.tasks.checkpoint import model_from_checkpoint, read_checkpoint
 from seglab.core.errors import SeglabError
 from seglab.inference.onnx_format import ONNX_FORMAT, METADATA_KEY, Parity, compare_logits, read_onnx_metadata
 from seglab.models.layers.blocks import set_index_format
@@ -162,11 +162,12 @@ def _load_source(source: str | Path | nn.Module, overrides: dict[str, Any] | Non
                                 "std": list(IMAGENET_STD), "image_size": None, "ignore_index": None}
         model = source
     else:
-        ckpt = load_checkpoint(source)
+        ckpt = read_checkpoint(source)
         model = model_from_checkpoint(ckpt, source)
-        keys = ("model_name", "num_classes", "class_names", "palette", "mean", "std", "image_size", "ignore_index")
-        meta = {k: ckpt.get(k) for k in keys}
-        meta["model_out_channels"] = ckpt.get("model_num_classes")  # 1 for binary sigmoid heads
+        m = ckpt.meta
+        meta = {"model_name": m.model_name, "num_classes": m.num_classes, "class_names": m.class_names,
+                "palette": m.palette, "mean": m.mean, "std": m.std, "image_size": m.image_size,
+                "ignore_index": m.ignore_index, "model_out_channels": m.model_num_classes}  # 1: binary sigmoid head
     meta.update(overrides or {})
     return model, meta
 

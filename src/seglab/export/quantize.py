@@ -18,7 +18,7 @@ from seglab.core.errors import SeglabError
 from seglab.inference.onnx_backend import OnnxSegmenter
 from seglab.inference.onnx_format import METADATA_KEY, Parity, compare_logits
 from seglab.inference.predictor import ImageLike
-from seglab.tasks.checkpoint import checkpoint_config, load_checkpoint
+from seglab.tasks.checkpoint import checkpoint_config, read_checkpoint
 
 __all__ = ["QUANTIZED_OPS", "QuantizeReport", "calibration_images", "quantize_onnx"]
 
@@ -65,7 +65,7 @@ def calibration_images(checkpoint: str, overrides: list[str], count: int) -> lis
 
     from seglab.data import build_dataset
 
-    cfg = apply_overrides(checkpoint_config(load_checkpoint(checkpoint)), overrides)
+    cfg = apply_overrides(checkpoint_config(read_checkpoint(checkpoint)), overrides)
     data = build_dataset(dataclasses.replace(cfg.data, limit=count, image_size=None), cfg.data.train_split, train=False)
     return [data.load_image(i) for i in range(len(data))]
 

@@ -114,10 +114,3 @@ class OnnxSegmenter(Predictor):
         """Not available: exported graphs run in eval mode, without dropout sampling."""
         raise SeglabError("Monte-Carlo dropout needs the PyTorch backend: predict from the checkpoint, "
                           "not from the ONNX file.")
-
-    def describe(self) -> dict[str, Any]:
-        return {"classes": self.class_names, "device": f"onnxruntime:{self.session.get_providers()[0]}",
-                "infer_size": self.infer_size, "file": str(self.path)}
-
-
-# ------------------------------------------------------------------------------------ quantization

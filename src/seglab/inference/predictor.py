@@ -9,20 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from seglab.data import read_image
-from seglab.tasks.checkpoint import load_checkpoint, model_from_checkpoint
-from seglab.ops.resize import forward_at_size
-from seglab.core.runtime import autocast, resolve_amp, select_device
 from seglab.core.errors import SeglabError
+from seglab.core.runtime import autocast, resolve_amp, select_device
+from seglab.data import read_image
 from seglab.inference.fastpath import optimize_for_inference
+from seglab.metrics.uncertainty import uncertainty_maps
+from seglab.ops.contract import valid_output_fn
+from seglab.ops.mc_dropout import mc_dropout, mc_probabilities
+from seglab.ops.resize import forward_at_size
 from seglab.ops.tiling import predict_tiled
+from seglab.tasks.checkpoint import model_from_checkpoint, read_checkpoint
+from seglab.tasks.semantic import require_dropout
 
 __all__ = ["Predictor", "Segmenter"]
 
@@ -104,7 +107,11 @@ class Segmenter(Predictor):
         self.model = model.to(self.device).eval()
         # The fast path (folded BN, inference mode, tuned threads/allocator) serves plain
         # predictions; Monte-Carlo dropout keeps using the unfused model, whose dropout can sample.
-        self.forward_model = optimize_for_inference(self.model) if fast else self.model
+        self.amp_dtype = resolve_amp(amp, self.device)
+        # The fast path runs at the precision asked for (``amp``), not the CPU's fastest: on
+        # AVX512-BF16 CPUs its own default is bf16, which flips labels where logits are close.
+        self.forward_model = (optimize_for_inference(self.model, dtype=self.amp_dtype or torch.float32)
+                              if fast else self.model)
         self.num_classes = num_classes
         self.class_names = list(class_names)
         self.palette = [tuple(int(v) for v in c) for c in palette]
@@ -113,7 +120,7 @@ class Segmenter(Predictor):
         self.model_out_channels = model_out_channels or num_classes  # 1 for binary sigmoid heads
         # Overlap-tile inference: always for valid-convolution models (their output is smaller
         # than their input), on request for every other model.
-        self.valid_model = getattr(self.model, "output_size", None)
+        self.valid_model = valid_output_fn(self.model)
         if tile is None and self.valid_model is not None:
             tile = (572, 572)
         self.tile = tuple(tile) if tile else None
@@ -121,7 +128,6 @@ class Segmenter(Predictor):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.infer_size = list(infer_size) if infer_size else None
-        self.amp_dtype = resolve_amp(amp, self.device)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "none",
@@ -131,12 +137,12 @@ class Segmenter(Predictor):
         ``tile`` (h, w) switches on overlap-tile inference with mirror padding and Gaussian
         blending of ``tile_overlap`` pixels, for images larger than memory allows.
         """
-        ckpt = load_checkpoint(path)
-        model = model_from_checkpoint(ckpt, path)
-        return cls(model, ckpt["num_classes"], ckpt["class_names"], ckpt["palette"], ckpt["mean"], ckpt["std"],
-                   infer_size=ckpt.get("image_size"), device=device, amp=amp, ignore_index=ckpt.get("ignore_index"),
-                   model_name=ckpt["model_name"], tile=tile, tile_overlap=tile_overlap,
-                   model_out_channels=ckpt.get("model_num_classes"), fast=fast)
+        ckpt = read_checkpoint(path)
+        meta = ckpt.meta
+        return cls(model_from_checkpoint(ckpt, path), meta.num_classes, meta.class_names, meta.palette, meta.mean,
+                   meta.std, infer_size=meta.image_size, device=device, amp=amp, ignore_index=meta.ignore_index,
+                   model_name=meta.model_name, tile=tile, tile_overlap=tile_overlap,
+                   model_out_channels=meta.model_num_classes, fast=fast)
 
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
@@ -155,10 +161,6 @@ class Segmenter(Predictor):
         """Monte-Carlo dropout prediction (Bayesian models): labels, mean probabilities and
         ``entropy`` / ``mutual_info`` / ``variance`` maps, all at the image's size; the
         ``samples`` passes run batched."""
-        from seglab.ops.mc_dropout import mc_dropout, mc_probabilities
-        from seglab.tasks.semantic import require_dropout
-        from seglab.metrics.uncertainty import uncertainty_maps
-
         require_dropout(self.model, self.model_name)
         x = self.preprocess(image).to(self.device)
 
@@ -171,6 +173,3 @@ class Segmenter(Predictor):
         out = {k: v[0].cpu().numpy() for k, v in maps.items()}
         out["labels"] = maps["mean"][0].argmax(0).cpu().numpy()
         return out
-
-    def describe(self) -> dict[str, Any]:
-        return {"classes": self.class_names, "device": str(self.device), "infer_size": self.infer_size}

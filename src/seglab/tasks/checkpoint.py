@@ -1,14 +1,19 @@
-"""Checkpoints that rebuild their model alone, written atomically.
+"""Checkpoints that rebuild their model alone, written atomically; their layout defined once.
 
-A checkpoint is a dict holding the model's registry name and keyword arguments,
-the number of classes, class names, palette, ignore index, normalisation, the
-whole resolved config, the weights and (for resuming) optimizer, scheduler,
-epoch, step and RNG states. It is written to a temporary file in the same folder
-and renamed over the target, so a crash mid-write leaves the previous file intact.
+On disk a checkpoint is one flat dict (``torch.save``) marked ``format: seglab-checkpoint-v1``.
+:class:`CheckpointMeta` (what predicting needs: model, classes, palette, normalisation, training
+size, task, config), :class:`TrainingState` (what resuming needs) and the weights make up a
+:class:`Checkpoint`; the trainer writes one, and the predictor, evaluation and export read one
+with :func:`read_checkpoint`, so no other module spells the dict's keys. Files written before
+``task`` and ``model_num_classes`` were recorded (seglab 0.1.0 main) read with their defaults.
+A checkpoint is written to a temporary file in the same folder and renamed over the target, so a
+crash mid-write leaves the previous file intact.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +25,88 @@ from seglab.core.config import Config, config_from_dict
 from seglab.core.errors import SeglabError
 from seglab.models.registry import create_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "check_compatible", "CHECKPOINT_FORMAT"]
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointMeta", "TrainingState", "check_compatible",
+           "checkpoint_config", "load_checkpoint", "model_from_checkpoint", "read_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "seglab-checkpoint-v1"
 
+#: Builder options that fetch pretrained weights: never again when rebuilding from a checkpoint,
+#: whose state dict already holds them (the first two are the names main used before ``weights_backbone``).
+_FETCHING_KWARGS = ("pretrained_encoder", "pretrained_backbone", "weights_backbone", "weights")
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically save a checkpoint dict (see module docstring for its keys)."""
-    state = {"format": CHECKPOINT_FORMAT, **state}
+
+@dataclass
+class CheckpointMeta:
+    """Everything needed to rebuild and run the model without its data set or recipe."""
+
+    model_name: str
+    num_classes: int
+    class_names: list[str]
+    palette: list[list[int]]
+    mean: list[float]
+    std: list[float]
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_num_classes: int = 0  # output channels: 1 for binary sigmoid heads; 0 means num_classes
+    ignore_index: int | None = None
+    image_size: list[int] | None = None  # the size the model was trained at (inference resizes to it)
+    task: str = "semantic"
+    seglab_version: str = "unknown"
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model_num_classes = self.model_num_classes or self.num_classes
+
+
+@dataclass
+class TrainingState:
+    """What resuming a run needs besides the weights."""
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+    best_score: float
+    best_metrics: dict[str, Any] | None
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+
+    @property
+    def resumable(self) -> bool:
+        return self.optimizer is not None
+
+
+@dataclass
+class Checkpoint:
+    meta: CheckpointMeta
+    model: dict[str, torch.Tensor]
+    training: TrainingState | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The on-disk layout: one flat dict."""
+        state = {"format": CHECKPOINT_FORMAT, **dataclasses.asdict(self.meta), "model": self.model}
+        if self.training is not None:
+            training = dataclasses.asdict(self.training)
+            state.update({k: v for k, v in training.items() if v is not None or k == "best_metrics"})
+        return state
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> "Checkpoint":
+        meta = CheckpointMeta(**{f.name: state[f.name] for f in dataclasses.fields(CheckpointMeta) if f.name in state})
+        training = None
+        if "epoch" in state:
+            training = TrainingState(**{f.name: state.get(f.name) for f in dataclasses.fields(TrainingState)})
+        return cls(meta, state["model"], training)
+
+
+def save_checkpoint(path: str | Path, state: Checkpoint | dict[str, Any]) -> None:
+    """Atomically save a :class:`Checkpoint` (or an already flat checkpoint dict)."""
+    state = state.to_dict() if isinstance(state, Checkpoint) else {"format": CHECKPOINT_FORMAT, **state}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and validate a seglab checkpoint; clear errors for missing or foreign files."""
+    """The flat checkpoint dict of ``path``, validated; clear errors for missing or foreign files."""
     path = Path(path)
     if not path.is_file():
         raise SeglabError(f"Checkpoint {str(path)!r} does not exist. Training writes best.pt and last.pt in its run folder.")
@@ -47,39 +121,47 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def checkpoint_config(ckpt: dict[str, Any]) -> Config:
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """:func:`load_checkpoint` as a typed :class:`Checkpoint`."""
+    state = load_checkpoint(path, map_location)
+    try:
+        return Checkpoint.from_dict(state)
+    except (KeyError, TypeError) as e:
+        raise SeglabError(f"Checkpoint {str(path)!r} lacks what seglab needs to rebuild its model ({e}); "
+                          "use a best.pt or last.pt written by `seglab train`.") from e
+
+
+def checkpoint_config(ckpt: Checkpoint | dict[str, Any]) -> Config:
     """The resolved :class:`Config` stored in a checkpoint."""
-    return config_from_dict(ckpt["config"])
+    return config_from_dict(ckpt.meta.config if isinstance(ckpt, Checkpoint) else ckpt["config"])
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
+def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
     """Rebuild the model recorded in ``ckpt`` and load its weights (no data or recipe needed)."""
-    # The encoder's pretrained weights are already in the state dict: don't fetch them again.
-    kwargs = {k: v for k, v in ckpt["model_kwargs"].items() if k not in ("pretrained_encoder", "pretrained_backbone")}
-    # Binary models have one output channel for two data classes.
-    model = create_model(ckpt["model_name"], ckpt.get("model_num_classes", ckpt["num_classes"]), **kwargs)
-    _load_weights(model, ckpt["model"], f"{ckpt['model_name']} ({ckpt['num_classes']} classes) from {path}")
+    ckpt = ckpt if isinstance(ckpt, Checkpoint) else Checkpoint.from_dict(ckpt)
+    meta = ckpt.meta
+    kwargs = {k: v for k, v in meta.model_kwargs.items() if k not in _FETCHING_KWARGS}
+    model = create_model(meta.model_name, meta.model_num_classes, **kwargs)
+    try:
+        model.load_state_dict(ckpt.model)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1:3]
+        raise SeglabError(f"Weights of {meta.model_name} ({meta.num_classes} classes) from {path} do not fit the "
+                          f"model: {' '.join(s.strip() for s in first)}") from e
     return model
 
 
-def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1:3]
-        raise SeglabError(f"Weights of {what} do not fit the model: {' '.join(s.strip() for s in first)}") from e
-
-
-def check_compatible(ckpt: dict[str, Any], model_name: str, num_classes: int, path: str | Path) -> None:
+def check_compatible(ckpt: Checkpoint | dict[str, Any], model_name: str, num_classes: int, path: str | Path) -> None:
     """Raise a clear error when a checkpoint was made for another model or class count."""
-    if ckpt["model_name"] != model_name:
+    meta = ckpt.meta if isinstance(ckpt, Checkpoint) else Checkpoint.from_dict(ckpt).meta
+    if meta.model_name != model_name:
         raise SeglabError(
-            f"Checkpoint {str(path)!r} holds a {ckpt['model_name']!r} model, but {model_name!r} was asked for. "
-            f"Use --model.name {ckpt['model_name']} or a checkpoint of {model_name!r}."
+            f"Checkpoint {str(path)!r} holds a {meta.model_name!r} model, but {model_name!r} was asked for. "
+            f"Use --model.name {meta.model_name} or a checkpoint of {model_name!r}."
         )
-    if ckpt["num_classes"] != num_classes:
+    if meta.num_classes != num_classes:
         raise SeglabError(
-            f"Checkpoint {str(path)!r} predicts {ckpt['num_classes']} classes ({', '.join(ckpt['class_names'])}), "
+            f"Checkpoint {str(path)!r} predicts {meta.num_classes} classes ({', '.join(meta.class_names)}), "
             f"but the data set has {num_classes}. Evaluate it on data with the same classes, "
             f"or train a new model for these {num_classes} classes."
         )

@@ -2,7 +2,7 @@
 
 The standard set: SegNet and SegNet-Basic at CamVid's 360x480, batch 1, 2 intra-op threads,
 against torchvision's FCN-ResNet50 and DeepLabv3-ResNet50 (random weights, 11 classes), on the
-``eager`` and ``fast`` paths (plus ONNX Runtime paths when :mod:`seglab.export` provides them),
+``eager`` and ``fast`` paths (plus ONNX Runtime paths when :mod:`seglab.export.onnx` provides them),
 then full training steps of SegNet and SegNet-Basic (plain eager loop vs the trainer's
 settings). Results are small JSON files (no model files, no images).
 
@@ -23,10 +23,10 @@ from datetime import datetime
 from pathlib import Path
 
 from seglab.apps.benchmark import format_table, run_benchmark, write_json
+from seglab.apps.benchmark_case import PEER_MODELS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEGNETS = ["segnet", "segnet_basic"]
-PEERS = ["tv_fcn_resnet50", "tv_deeplabv3_resnet50"]
 SIZE = (360, 480)
 
 
@@ -36,7 +36,7 @@ def _out(name: str) -> Path:
 
 def standard(warmup: int, repeats: int, threads: int, rounds: int) -> list[dict]:
     """SegNets and peers at 360x480 batch 1 (inference), then SegNet training steps."""
-    rows = run_benchmark(SEGNETS + PEERS, [SIZE], [1], None, warmup, repeats, threads,
+    rows = run_benchmark([*SEGNETS, *PEER_MODELS], [SIZE], [1], None, warmup, repeats, threads,
                          json_out=_out("inference"), rounds=rounds, verbose=True)
     rows += run_benchmark(SEGNETS, [SIZE], [1], [], warmup, repeats, threads, train_mode=True,
                           json_out=_out("training"), train_paths=["train_eager", "train_engine"], rounds=rounds,

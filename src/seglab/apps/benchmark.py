@@ -13,14 +13,14 @@ method) and reports one row per case with the keys in :data:`ROW_KEYS`:
 * ``peak_mem_mb``: resident-memory growth over the calls (CUDA: allocated-memory peak).
 * ``pool_index_int64_mb`` / ``pool_index_uint8_mb`` / ``pool_index_packed_mb``: memory of the
   max-pool indices SegNet-family models keep for the decoder, as PyTorch's int64 flat indices and
-  as SegNet's 2-bit window codes one or four per byte (:mod:`seglab.models.compact_pool`);
+  as SegNet's 2-bit window codes one or four per byte (:mod:`seglab.models.layers.compact_pool`);
   ``pool_index_format`` says which one the model actually uses. None without pooling indices.
 
 Inference paths: ``eager`` (``model.eval()`` + ``torch.no_grad``), ``fast``
-(:func:`seglab.fastpath.optimize_for_inference` defaults), the variants ``fast_nchw``,
+(:func:`seglab.inference.fastpath.optimize_for_inference` defaults), the variants ``fast_nchw``,
 ``fast_cl``, ``fast_bf16``, ``fast_compile``, ``fast_nomallopt`` (``SEGLAB_NO_MALLOPT=1``), and
 ``onnxruntime`` / ``quantized`` (static int8) when :mod:`seglab.export`,
-:mod:`seglab.onnx_backend` and onnxruntime are available. Training paths (``train_mode=True``):
+:mod:`seglab.inference.onnx_backend` and onnxruntime are available. Training paths (``train_mode=True``):
 ``train_eager`` (plain fp32 NCHW SGD step), ``train_engine`` (the trainer's default precision
 and memory format for this device) and ``train_engine_mallopt`` (that plus malloc tuning).
 

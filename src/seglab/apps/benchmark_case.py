@@ -1,4 +1,4 @@
-"""One benchmark case, run in a fresh Python process by :mod:`seglab.benchmark`.
+"""One benchmark case, run in a fresh Python process by :mod:`seglab.apps.benchmark`.
 
 A fresh process per case keeps the cases independent: each starts with an empty allocator
 (so peak memory is not hidden by memory an earlier case left cached), its own thread pool and its
@@ -152,7 +152,7 @@ def _static_stats(model: nn.Module, size: tuple[int, int]) -> tuple[dict[str, An
 
 
 def _onnx_fn(case: dict[str, Any], model: nn.Module, x: torch.Tensor, quantized: bool) -> Callable[[], Any]:
-    """Export with :func:`seglab.export.export_onnx` (int8: ``seglab.onnx_backend.quantize_onnx``
+    """Export with :func:`seglab.export.onnx.export_onnx` (int8: ``seglab.export.quantize.quantize_onnx``
     calibrated on 4 synthetic road scenes), then time an onnxruntime session on ``x``."""
     import numpy as np
     import onnxruntime as ort
@@ -241,7 +241,7 @@ def _train_gflops(step: Callable[[], Any]) -> float:
 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
-    """Measure one model x size x batch x path; returns the raw numbers for :mod:`seglab.benchmark`."""
+    """Measure one model x size x batch x path; returns the raw numbers for :mod:`seglab.apps.benchmark`."""
     torch.manual_seed(0)
     torch.set_num_threads(case["threads"])
     device = torch.device(case["device"])

@@ -5,7 +5,7 @@ gives SegNet's median-frequency loss weights; :func:`check_dataset` diagnoses a 
 before a long training run; :func:`read_image` decodes one image for inference.
 
 Example:
-    >>> from seglab.config import DataConfig
+    >>> from seglab.core.config import DataConfig
     >>> cfg = DataConfig(dataset="synthetic", synthetic_train=8)
     >>> ds = build_dataset(cfg, "train", train=True)
     >>> image, mask = ds[0]

@@ -1,4 +1,4 @@
-"""Build data sets from a :class:`~seglab.config.DataConfig`: ``camvid``, ``folder``, ``synthetic`` or ``isbi2012``.
+"""Build data sets from a :class:`~seglab.core.config.DataConfig`: ``camvid``, ``folder``, ``synthetic`` or ``isbi2012``.
 
 Example:
     >>> info = dataset_info(cfg.data)

@@ -1,8 +1,7 @@
-"""Training, evaluation and checkpoint machinery."""
+"""Training and evaluation, task-agnostic: they call a :class:`seglab.tasks.Task` for everything
+that depends on what the model predicts."""
 
-from seglab.tasks.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from seglab.engine.evaluate import evaluate_model
-from seglab.engine.trainer import Trainer, TrainResult, TrainingDiverged, train
+from seglab.engine.trainer import Trainer, TrainingDiverged, TrainResult, train
 
-__all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged", "evaluate_model", "save_checkpoint",
-           "load_checkpoint", "model_from_checkpoint"]
+__all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged", "evaluate_model"]

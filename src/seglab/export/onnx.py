@@ -7,7 +7,7 @@ eager model at the export size and at a second size. The file is only written (a
 the argmax of the two agrees on at least 99.9 % of the pixels.
 
 SegNet-style max-unpooling is exported through its 2-bit window codes
-(:mod:`seglab.models.compact_pool`), since ``max_unpool2d`` has no dependable ONNX export; the
+(:mod:`seglab.models.layers.compact_pool`), since ``max_unpool2d`` has no dependable ONNX export; the
 outputs are identical to the int64-index model.
 
 Example:

@@ -82,7 +82,7 @@ def quantize_onnx(
     """Static int8 quantization (QDQ, per-channel weights) of a seglab ONNX file.
 
     Args:
-        onnx_path: fp32 file from :func:`seglab.export.export_onnx`.
+        onnx_path: fp32 file from :func:`seglab.export.onnx.export_onnx`.
         out_path: Where to write the int8 file (atomically, metadata kept).
         calibration_images: RGB images (arrays, PIL images or paths) used to pick activation
             ranges; a few dozen representative frames are typical.

@@ -5,7 +5,7 @@ What it does, in order (each step is cheap to undo: the caller's model is never 
 1. ``copy.deepcopy`` and ``eval()``; parameters stop requiring gradients.
 2. BatchNorm folding (:func:`fold_batchnorm`): every ``BatchNorm2d`` that directly follows a
    ``Conv2d`` / ``ConvTranspose2d`` inside an ``nn.Sequential`` (which includes
-   :class:`~seglab.models.blocks.ConvNormAct`) is folded into the conv's weight and bias and
+   :class:`~torchvision.ops.Conv2dNormActivation`) is folded into the conv's weight and bias and
    replaced by ``nn.Identity``. In eval mode BN is a per-channel affine map, so this is exact up
    to float rounding and removes one full read+write of every activation per layer.
 3. Memory format: channels-last where it is faster (:func:`prefers_channels_last`).
@@ -16,14 +16,15 @@ What it does, in order (each step is cheap to undo: the caller's model is never 
    page-faulted on every forward.
 
 Measured on this project's 2-core AVX2 machine (torch 2.15, SegNet / SegNet-Basic, 360x480,
-batch 1, 2 threads, a contended machine; ``benchmarks/README.md``): the channels-last *forward*
+batch 1, 2 threads, a contended machine; ``python benchmarks/run_benchmarks.py --format-ab 8``,
+method in ``docs/benchmarks.md``): the channels-last *forward*
 took 0.88-0.93x (SegNet) and 0.98-1.02x (SegNet-Basic) the NCHW time, measured as the median
 ratio of alternating call pairs in one process, so channels-last is the default on AVX2 as on
 AVX-512 and CUDA. (Training keeps NCHW on AVX2: there the conv *backward* is 2.3x slower.)
 
 Example:
     >>> import torch, seglab
-    >>> from seglab.fastpath import optimize_for_inference
+    >>> from seglab.inference.fastpath import optimize_for_inference
     >>> fast = optimize_for_inference(seglab.create_model("segnet_basic", num_classes=11))
     >>> fast(torch.zeros(1, 3, 64, 80)).shape
     torch.Size([1, 11, 64, 80])

@@ -1,8 +1,8 @@
 """onnxruntime backend: predict from an exported ``.onnx`` file alone, and int8 quantization.
 
-:class:`OnnxSegmenter` has the interface of :class:`seglab.inference.Segmenter` (``predict``,
+:class:`OnnxSegmenter` has the interface of :class:`seglab.inference.predictor.Segmenter` (``predict``,
 ``predict_proba``, ``predict_logits``, ``load``, ``class_names``, ``palette``, ``num_classes``)
-and reads classes, palette and normalisation from the metadata :func:`seglab.export.export_onnx`
+and reads classes, palette and normalisation from the metadata :func:`seglab.export.onnx.export_onnx`
 embeds. Pre- and post-processing are the PyTorch backend's own (same normalisation, same resize
 to the training image size and back), so both backends give the same label maps.
 
@@ -52,7 +52,7 @@ class OnnxSegmenter(Predictor):
     """An exported model in an onnxruntime session plus what turns images into label maps.
 
     Args:
-        path: ``.onnx`` file written by :func:`seglab.export.export_onnx` (or :func:`quantize_onnx`).
+        path: ``.onnx`` file written by :func:`seglab.export.onnx.export_onnx` (or :func:`quantize_onnx`).
         threads: Intra-op threads; default all CPUs this process may use.
         providers: onnxruntime execution providers; default CPU.
         tile: ``(h, w)`` for overlap-tile inference (as ``Segmenter``); ``None`` for whole images.

@@ -36,7 +36,7 @@ class Predictor:
     """What every prediction backend shares: reading images, normalising them, and turning
     logits into probabilities and label maps. Subclasses set ``mean`` / ``std`` (``3 x 1 x 1``
     tensors) and implement :meth:`predict_logits` (:class:`Segmenter` for PyTorch,
-    :class:`seglab.onnx_backend.OnnxSegmenter` for onnxruntime)."""
+    :class:`seglab.inference.onnx_backend.OnnxSegmenter` for onnxruntime)."""
 
     mean: torch.Tensor
     std: torch.Tensor

@@ -132,8 +132,20 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def checkpoint_config(ckpt: Checkpoint | dict[str, Any]) -> Config:
-    """The resolved :class:`Config` stored in a checkpoint."""
-    return config_from_dict(ckpt.meta.config if isinstance(ckpt, Checkpoint) else ckpt["config"])
+    """The resolved :class:`Config` stored in a checkpoint (older key names upgraded)."""
+    return config_from_dict(_upgrade_config(ckpt.meta.config if isinstance(ckpt, Checkpoint) else ckpt["config"]))
+
+
+def _upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the keys main wrote before ``model.weights_backbone`` renamed
+    ``model.pretrained_encoder`` (a recipe with the old key is an error; a checkpoint is not)."""
+    model = dict(config.get("model") or {})
+    if "pretrained_encoder" not in model:
+        return config
+    old = model.pop("pretrained_encoder")
+    if old is not None:
+        model.setdefault("weights_backbone", old)
+    return {**config, "model": model}
 
 
 def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:

@@ -1,7 +1,7 @@
 """Show it learns: train every CamVid recipe for one equal, short wall-clock budget; tabulate val metrics.
 
 Every model gets the same minutes of training (``--minutes``), from scratch (this machine cannot
-download ImageNet weights, so ``pretrained_backbone``/``pretrained_encoder`` are switched off),
+download ImageNet weights, so ``model.weights_backbone`` is switched off),
 with the zoo's CPU set-up: half-resolution images, 144x192 random crops, batch 8, AdamW + cosine,
 median-frequency class weights. Before each run a short probe times the model's training step on
 a random batch; the run then gets ``minutes / step time`` optimisation steps (at least 8), split
@@ -67,7 +67,7 @@ def study_runs(camvid: Path, isbi: Path) -> list[Run]:
     # One class balance for every row: the paper's median-frequency weights (the SegNet-Basic CPU
     # recipe's own, milder square-root balance is tuned for its 2-hour run, not for 4 minutes).
     cam = ["--data.root", str(camvid), "--loss.class_weights", "median_frequency"]
-    scratch = cam + ["--model.kwargs.pretrained_backbone", "null"]  # no downloads here: every run from scratch
+    scratch = cam + ["--model.weights_backbone", "null"]  # no downloads here: every run from scratch
     # The two paper recipes are full resolution with SGD; the study gives them the zoo's CPU set-up.
     cpu = ["--data.image_size", "[180, 240]", "--data.crop_size", "[144, 192]", "--data.scale_range", "[0.75, 1.5]",
            "--data.color_jitter", "0.2", "--data.num_workers", "1", "--train.batch_size", "8",
@@ -80,7 +80,7 @@ def study_runs(camvid: Path, isbi: Path) -> list[Run]:
         Run("fcn_basic", "configs/fcn_basic_camvid.yaml", cam),
         Run("bayesian_segnet_basic", "configs/bayesian_segnet_basic_camvid.yaml", cam),
         Run("segnet_lite", "configs/segnet_lite_camvid.yaml", cam),
-        Run("segnet", "configs/segnet_camvid.yaml", cam + cpu + ["--model.pretrained_encoder", "null",
+        Run("segnet", "configs/segnet_camvid.yaml", cam + cpu + ["--model.weights_backbone", "null",
                                                                  "--train.lr", "0.001"]),
         Run("bayesian_segnet", "configs/bayesian_segnet_camvid.yaml", cam),
         Run("unet", "configs/unet_camvid.yaml", cam),

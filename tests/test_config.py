@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from seglab.core.config import apply_overrides, config_from_dict, config_to_dict, load_config
 from seglab.core.errors import SeglabError
@@ -39,6 +40,28 @@ def test_mistyped_key_suggests_the_close_one():
         apply_overrides(cfg, ["--train.epoch", "3"])
     with pytest.raises(SeglabError, match="Did you mean 'data.root'"):
         config_from_dict({"data": {"rot": "x"}})
+
+
+@pytest.mark.parametrize("old", ["model.pretrained_encoder", "model.kwargs.pretrained_backbone",
+                                 "model.kwargs.pretrained_encoder"])
+def test_renamed_model_keys_name_weights_backbone(tmp_path, old):
+    section, *rest = old.split(".")
+    nested = "imagenet"
+    for name in reversed(rest):
+        nested = {name: nested}
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text(yaml.safe_dump({section: {"name": "segnet", **nested}}))
+    expected = rf"In recipe .*old\.yaml.*'{old}' was renamed to 'model\.weights_backbone'"
+    with pytest.raises(SeglabError, match=expected):
+        load_config(recipe)
+    with pytest.raises(SeglabError, match=rf"'{old}' was renamed.*--model\.weights_backbone imagenet"):
+        apply_overrides(config_from_dict({}), [f"--{old}", "imagenet"])
+
+
+def test_weights_options_are_model_keys():
+    cfg = load_config(None, ["--model.weights", "w.pth", "--model.weights_backbone=imagenet"])
+    assert (cfg.model.weights, cfg.model.weights_backbone) == ("w.pth", "imagenet")
+    assert config_from_dict(config_to_dict(cfg)) == cfg
 
 
 def test_wrong_value_type_names_the_key():

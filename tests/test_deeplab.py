@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,8 +15,8 @@ from torch import nn
 
 from seglab.core.errors import SeglabError
 from seglab.models import count_parameters
-from seglab.models.layers.atrous import ASPP, SeparableConv2d, aspp_rates, separable_conv_params
 from seglab.models.backbones.xception import XCEPTION65_BLOCKS
+from seglab.models.layers.atrous import ASPP, SeparableConv2d, aspp_rates, separable_conv_params
 from seglab.models.registry import create_model
 
 RESNET50 = "deeplabv3_resnet50"
@@ -170,7 +171,7 @@ def _random_resnet50_state(path: Path, prefix: str = "") -> dict[str, torch.Tens
 @pytest.mark.parametrize("name, prefix", [(RESNET50, ""), ("deeplabv3plus_resnet50", "backbone.")])
 def test_pretrained_backbone_from_file(tmp_path: Path, name: str, prefix: str) -> None:
     state = _random_resnet50_state(tmp_path / "resnet50.pth", prefix)
-    model = create_model(name, num_classes=3, output_stride=8, pretrained_backbone=str(tmp_path / "resnet50.pth"))
+    model = create_model(name, num_classes=3, output_stride=8, weights_backbone=str(tmp_path / "resnet50.pth"))
     loaded = model.encoder.state_dict()
     assert set(loaded) == {k for k in state if not k.startswith("fc.")}
     for key, value in loaded.items():
@@ -179,14 +180,14 @@ def test_pretrained_backbone_from_file(tmp_path: Path, name: str, prefix: str) -
 
 def test_pretrained_backbone_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SeglabError, match="neither 'imagenet' nor an existing file"):
-        create_model(RESNET50, num_classes=3, pretrained_backbone=str(tmp_path / "missing.pth"))
+        create_model(RESNET50, num_classes=3, weights_backbone=str(tmp_path / "missing.pth"))
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
     with pytest.raises(SeglabError, match="not a torchvision resnet50 state dict.*missing"):
-        create_model(RESNET50, num_classes=3, pretrained_backbone=str(tmp_path / "resnet18.pth"))
+        create_model(RESNET50, num_classes=3, weights_backbone=str(tmp_path / "resnet18.pth"))
 
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.raises(SeglabError, match="offline.*pass that file's path as pretrained_backbone"):
-        create_model(RESNET50, num_classes=3, pretrained_backbone="imagenet")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(SeglabError, match="offline.*pass that file's path .*as weights_backbone"):
+        create_model(RESNET50, num_classes=3, weights_backbone="imagenet")

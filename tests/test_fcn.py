@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from seglab.models import count_parameters
-from seglab.models.semantic.fcn import FCN, FCNHead, fcn_backbone
 from seglab.models.layers.heads import bilinear_conv_transpose, crop_to
 from seglab.models.registry import create_model
+from seglab.models.semantic.fcn import FCN, FCNHead, fcn_backbone
 
 #: VGG16's geometry with one channel per conv: cheap, same pooling, padding and crops.
 ONE_CHANNEL = ((1, 1), (1, 1), (1, 1, 1), (1, 1, 1), (1, 1, 1))

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from seglab.core.errors import SeglabError
 from seglab.models.layers.blocks import MaxUnpool2d, NearestUp2d
-from seglab.ops.contract import runnable_size
 from seglab.models.registry import create_model, list_models
+from seglab.ops.contract import FeatureBackbone, runnable_size
 
 NUM_CLASSES = 5
 
@@ -65,9 +65,9 @@ def test_unknown_model_suggests_close_name() -> None:
 
 
 def test_create_model_drops_none_kwargs() -> None:
-    # segnet_basic has no pretrained_encoder option: a None must vanish rather than raise, and a
+    # segnet_basic has no weights_backbone option: a None must vanish rather than raise, and a
     # None upsample must leave the model default (max-unpooling) in place.
-    model = create_model("segnet_basic", num_classes=3, pretrained_encoder=None, upsample=None)
+    model = create_model("segnet_basic", num_classes=3, weights_backbone=None, upsample=None)
     assert all(isinstance(up, MaxUnpool2d) for up in model.decoder.upsamples)
     model = create_model("segnet_basic", num_classes=3, upsample="nearest", input_lrn=None)
     assert all(isinstance(up, NearestUp2d) for up in model.decoder.upsamples)
@@ -77,9 +77,45 @@ def test_create_model_rejects_unknown_option() -> None:
     with pytest.raises(SeglabError, match="does not accept that option"):
         create_model("segnet", num_classes=3, dropout=0.5)
     with pytest.raises(SeglabError, match="does not accept that option"):
-        create_model("segnet_basic", num_classes=3, pretrained_encoder="imagenet")
+        create_model("segnet_basic", num_classes=3, weights_backbone="imagenet")
 
 
 def test_create_model_rejects_bad_num_classes() -> None:
     with pytest.raises(SeglabError, match="num_classes"):
         create_model("segnet_basic", num_classes=0)
+
+
+def _feature_backbones() -> list[tuple[str, torch.nn.Module]]:
+    from seglab.models.backbones.vgg import VGG16Backbone
+    from seglab.models.backbones.xception import Xception65
+    from seglab.models.semantic.deeplab_v1 import deeplab_v1_backbone
+    from seglab.models.semantic.deeplabv3 import resnet_backbone
+    from seglab.models.semantic.fcn import fcn_backbone
+
+    narrow = ((4, 4), (8, 8), (8, 8, 8), (16, 16, 16), (16, 16, 16))
+    return [("vgg16", VGG16Backbone(widths=narrow)), ("fcn", fcn_backbone(widths=narrow, fc_width=8)),
+            ("deeplab_v1", deeplab_v1_backbone(widths=narrow, fc_width=8)),
+            ("resnet50_os8_low", resnet_backbone(50, 8, low_level=True)), ("resnet50_os16", resnet_backbone(50, 16)),
+            ("xception65_os16", Xception65(output_stride=16))]
+
+
+def test_feature_backbones_declare_their_outputs() -> None:
+    """``feature_channels`` / ``feature_strides`` match what ``forward`` returns, shallowest first.
+
+    A stride ``s`` means ``s`` more input pixels give one more feature pixel, whatever the padding
+    (FCN pads by 100), so two inputs 64 pixels apart must give outputs ``64 / s`` apart.
+    """
+    for name, backbone in _feature_backbones():
+        assert isinstance(backbone, FeatureBackbone), name
+        backbone.eval()
+        outputs = []
+        with torch.no_grad():
+            for side in (64, 128):
+                out = backbone(torch.zeros(1, 3, side, side + 32))
+                outputs.append(list(out.values()) if isinstance(out, dict) else out)
+        small, large = outputs
+        assert [f.shape[1] for f in small] == list(backbone.feature_channels), name
+        assert len(backbone.feature_strides) == len(small), name
+        for a, b, stride in zip(small, large, backbone.feature_strides):
+            assert (b.shape[-2] - a.shape[-2], b.shape[-1] - a.shape[-1]) == (64 // stride, 64 // stride), name
+

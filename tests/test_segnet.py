@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,12 @@ from torch import nn
 from seglab.core.errors import SeglabError
 from seglab.models import count_gflops, count_parameters
 from seglab.models.layers.blocks import (
-    UPSAMPLE_MODES, BilinearConvTranspose2d, make_upsample, max_pool_2x2, max_unpool_2x2
+    UPSAMPLE_MODES,
+    BilinearConvTranspose2d,
+    make_upsample,
+    max_pool_2x2,
+    max_unpool_2x2,
 )
-from seglab.models.weights import vgg16_bn_key_map
 from seglab.models.registry import create_model
 
 # --- parameter counts -------------------------------------------------------------------------
@@ -164,32 +168,63 @@ def vgg_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path
     return vgg, folder / "vgg16_bn.pth", folder / "features.pth"
 
 
-def test_key_map_covers_torchvision_features_exactly(vgg_files: tuple[nn.Module, Path, Path]) -> None:
+def test_encoder_keys_are_torchvision_vgg16_bn_features_keys(vgg_files: tuple[nn.Module, Path, Path]) -> None:
+    # Replaces the test of the removed hand-written key map: no map is needed any more.
     vgg, _, _ = vgg_files
     encoder = create_model("segnet", num_classes=2).encoder
-    key_map = vgg16_bn_key_map(encoder)
-    assert set(key_map) == set(encoder.state_dict())
-    assert set(key_map.values()) == set(vgg.features.state_dict())
+    ours = {k: v.shape for k, v in encoder.state_dict().items()}
+    assert ours == {f"features.{k}": v.shape for k, v in vgg.features.state_dict().items()}
 
 
 @pytest.mark.parametrize("which", ["whole", "features_only"])
 def test_pretrained_encoder_loads_vgg16_bn(vgg_files: tuple[nn.Module, Path, Path], which: str) -> None:
     vgg, whole, features_only = vgg_files
     path = whole if which == "whole" else features_only
-    model = create_model("segnet", num_classes=3, pretrained_encoder=str(path)).eval()
-    ours, theirs = model.encoder.state_dict(), vgg.features.state_dict()
-    for dst, src in vgg16_bn_key_map(model.encoder).items():
-        assert torch.equal(ours[dst], theirs[src]), f"{dst} != features.{src}"
+    model = create_model("segnet", num_classes=3, weights_backbone=str(path)).eval()
+    ours, theirs = model.encoder.features.state_dict(), vgg.features.state_dict()
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), f"features.{key}"
     x = torch.randn(1, 3, 64, 64)  # a multiple of 32: torchvision's floor-mode pools agree with ours
     with torch.no_grad():
         torch.testing.assert_close(model.encoder(x)[0], vgg.features(x))
+
+
+#: The removed map's table: (conv, BN) positions in vgg16_bn().features of SegNet's 13 encoder blocks.
+_OLD_VGG16_BN_FEATURE_INDICES = ((0, 1), (3, 4), (7, 8), (10, 11), (14, 15), (17, 18), (20, 21), (24, 25), (27, 28),
+                                 (30, 31), (34, 35), (37, 38), (40, 41))
+
+
+@pytest.mark.parametrize("name", ["segnet", "bayesian_segnet"])
+def test_old_layout_state_dict_loads(name: str) -> None:
+    """A state dict of the old ``encoder.stages.<s>.<b>.<0 conv | 1 bn>`` layout loads by itself."""
+    torch.manual_seed(0)
+    source = create_model(name, num_classes=3).eval()
+    with torch.no_grad():
+        for m in source.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    blocks = [(s, b) for s, widths in enumerate(((64, 64), (128, 128), (256,) * 3, (512,) * 3, (512,) * 3))
+              for b in range(len(widths))]
+    new_to_old = {f"encoder.features.{index}.": f"encoder.stages.{s}.{b}.{child}."
+                  for (s, b), pair in zip(blocks, _OLD_VGG16_BN_FEATURE_INDICES) for child, index in enumerate(pair)}
+    old_state = {}
+    for key, value in source.state_dict().items():
+        prefix = next((p for p in new_to_old if key.startswith(p)), None)
+        old_state[key if prefix is None else new_to_old[prefix] + key[len(prefix):]] = value
+    assert "encoder.stages.4.2.1.running_var" in old_state and not any(".features." in k for k in old_state)
+    model = create_model(name, num_classes=3).eval()
+    model.load_state_dict(old_state)  # strict: every old key found its new place
+    x = torch.randn(1, 3, 37, 50)
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x))
 
 
 def test_pretrained_encoder_rejects_other_models(tmp_path: Path) -> None:
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)
     with pytest.raises(SeglabError, match=r"resnet18\.pth.*missing keys: features\.0\.weight"):
-        create_model("segnet", num_classes=3, pretrained_encoder=str(path))
+        create_model("segnet", num_classes=3, weights_backbone=str(path))
 
 
 def test_pretrained_encoder_reports_shape_mismatch(vgg_files: tuple[nn.Module, Path, Path], tmp_path: Path) -> None:
@@ -198,32 +233,32 @@ def test_pretrained_encoder_reports_shape_mismatch(vgg_files: tuple[nn.Module, P
     torch.save(state, tmp_path / "bad.pth")
     expected = r"bad\.pth.*features\.3\.weight \(64, 32, 3, 3\) vs encoder \(64, 64, 3, 3\)"
     with pytest.raises(SeglabError, match=expected):
-        create_model("segnet", num_classes=3, pretrained_encoder=str(tmp_path / "bad.pth"))
+        create_model("segnet", num_classes=3, weights_backbone=str(tmp_path / "bad.pth"))
 
 
 def test_pretrained_encoder_needs_three_input_channels(vgg_files: tuple[nn.Module, Path, Path]) -> None:
     with pytest.raises(SeglabError, match="in_channels=3"):
-        create_model("segnet", num_classes=3, in_channels=1, pretrained_encoder=str(vgg_files[2]))
+        create_model("segnet", num_classes=3, in_channels=1, weights_backbone=str(vgg_files[2]))
 
 
 def test_pretrained_encoder_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SeglabError, match="neither 'imagenet' nor an existing file"):
-        create_model("segnet", num_classes=3, pretrained_encoder=str(tmp_path / "nope.pth"))
+        create_model("segnet", num_classes=3, weights_backbone=str(tmp_path / "nope.pth"))
 
 
 def test_pretrained_encoder_not_a_state_dict(tmp_path: Path) -> None:
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     with pytest.raises(SeglabError, match="not a state dict"):
-        create_model("segnet", num_classes=3, pretrained_encoder=str(tmp_path / "tensor.pth"))
+        create_model("segnet", num_classes=3, weights_backbone=str(tmp_path / "tensor.pth"))
 
 
 def test_imagenet_download_failure_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(*args: object, **kwargs: object) -> None:
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(torchvision.models.VGG16_BN_Weights, "get_state_dict", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(SeglabError, match="could not be downloaded.*pass that file's path"):
-        create_model("segnet", num_classes=3, pretrained_encoder="imagenet")
+        create_model("segnet", num_classes=3, weights_backbone="imagenet")
 
 
 # --- FLOPs ------------------------------------------------------------------------------------

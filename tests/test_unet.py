@@ -10,9 +10,9 @@ from torch import nn
 
 from seglab.core.errors import SeglabError
 from seglab.models import count_parameters
-from seglab.ops.contract import runnable_size
-from seglab.models.semantic.unet import nearest_valid_sizes, output_size, valid_input_size
 from seglab.models.registry import create_model
+from seglab.models.semantic.unet import nearest_valid_sizes, output_size, valid_input_size
+from seglab.ops.contract import runnable_size
 
 
 @pytest.fixture(autouse=True)

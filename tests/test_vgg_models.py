@@ -6,6 +6,7 @@ share one random torchvision ``vgg16`` saved to a temporary file.
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,12 @@ from torch import nn
 from seglab.core.errors import SeglabError
 from seglab.metrics import logits_to_labels
 from seglab.models import count_parameters
+from seglab.models.backbones.vgg import VGG16Backbone, load_vgg16_weights, make_fc_layers
+from seglab.models.registry import create_model
 from seglab.models.semantic.deconvnet import _init_he_transposed, deconv_norm_act, fc_padding
 from seglab.models.semantic.deeplab_v1 import DeepLabLargeFOV, DeepLabV1Head, deeplab_v1_backbone
+from seglab.models.semantic.fcn import fcn_backbone
 from seglab.models.semantic.segnet import SegNetEncoder
-from seglab.models.backbones.vgg import VGG16_FEATURE_INDICES, VGG16Backbone, load_vgg16_weights, make_fc_layers
-from seglab.models.registry import create_model
 
 ONE_CHANNEL = ((1, 1), (1, 1), (1, 1, 1), (1, 1, 1), (1, 1, 1))
 VGG16_CONVS = 14_714_688
@@ -184,11 +186,12 @@ def vgg16_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, torc
 
 def test_fcn_loads_vgg16_with_reshaped_fc(vgg16_file: tuple[dict[str, torch.Tensor], Path]) -> None:
     state, path = vgg16_file
-    model = create_model("fcn32s", num_classes=3, pretrained_backbone=str(path))
-    convs = [block[0] for stage in model.encoder.stages for block in stage]
-    for conv, index in zip(convs, VGG16_FEATURE_INDICES):
-        assert torch.equal(conv.weight, state[f"features.{index}.weight"])
-        assert torch.equal(conv.bias, state[f"features.{index}.bias"])
+    model = create_model("fcn32s", num_classes=3, weights_backbone=str(path))
+    # No key map: the encoder's conv keys are torchvision's (the removed VGG16_FEATURE_INDICES test).
+    features = model.encoder.features.state_dict()
+    assert set(features) == {k.removeprefix("features.") for k in state if k.startswith("features.")}
+    for key, value in features.items():
+        assert torch.equal(value, state[f"features.{key}"])
     fc6, fc7 = model.encoder.fc.fc6[0], model.encoder.fc.fc7[0]
     assert torch.equal(fc6.weight, state["classifier.0.weight"].view(4096, 512, 7, 7))
     assert torch.equal(fc7.weight, state["classifier.3.weight"].view(4096, 4096, 1, 1))
@@ -203,8 +206,8 @@ def test_fcn_loads_vgg16_with_reshaped_fc(vgg16_file: tuple[dict[str, torch.Tens
 
 def test_deeplab_loads_convs_and_decimated_fc(vgg16_file: tuple[dict[str, torch.Tensor], Path]) -> None:
     state, path = vgg16_file
-    model = create_model("deeplab_largefov", num_classes=3, pretrained_backbone=str(path))
-    assert torch.equal(model.encoder.stages[4][2][0].weight, state["features.28.weight"])
+    model = create_model("deeplab_largefov", num_classes=3, weights_backbone=str(path))
+    assert torch.equal(model.encoder.features[28].weight, state["features.28.weight"])
     fc6, fc7 = model.encoder.fc.fc6[0], model.encoder.fc.fc7[0]
     w6 = state["classifier.0.weight"].view(4096, 512, 7, 7)
     assert torch.equal(fc6.weight, w6[::4, :, ::3, ::3])  # 1024 filters, taps 0, 3, 6
@@ -216,7 +219,7 @@ def test_other_state_dict_is_rejected_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)
     with pytest.raises(SeglabError, match=r"resnet18\.pth.*not a torchvision vgg16 state dict.*features\.0\.weight"):
-        create_model("deeplab_largefov", num_classes=3, pretrained_backbone=str(path))
+        create_model("deeplab_largefov", num_classes=3, weights_backbone=str(path))
 
 
 def test_features_only_state_dict_is_rejected_when_fc_is_needed(
@@ -232,11 +235,36 @@ def test_features_only_state_dict_is_rejected_when_fc_is_needed(
 
 def test_missing_file_and_offline_imagenet_explain_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with pytest.raises(SeglabError, match="neither 'imagenet' nor an existing file"):
-        create_model("deeplab_largefov", num_classes=3, pretrained_backbone=str(tmp_path / "nope.pth"))
+        create_model("deeplab_largefov", num_classes=3, weights_backbone=str(tmp_path / "nope.pth"))
 
     def offline(*args: object, **kwargs: object) -> None:
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(torchvision.models.VGG16_Weights, "get_state_dict", offline)
-    with pytest.raises(SeglabError, match="could not be downloaded.*local path as pretrained_backbone"):
-        create_model("deeplab_largefov", num_classes=3, pretrained_backbone="imagenet")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(SeglabError, match="could not be downloaded.*file's path .*as weights_backbone"):
+        create_model("deeplab_largefov", num_classes=3, weights_backbone="imagenet")
+
+
+#: The removed map's table: positions in vgg16().features of the 13 conv layers.
+_OLD_VGG16_FEATURE_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+
+
+@pytest.mark.parametrize("build", ["fcn", "deeplab_v1"])
+def test_old_layout_vgg16_backbone_state_dict_loads(build: str) -> None:
+    """A state dict of the old ``stages.<s>.<b>.0`` layout loads into the new one, tensor for tensor."""
+    widths = ((4, 4), (8, 8), (8, 8, 8), (16, 16, 16), (16, 16, 16))
+    make = (lambda: fcn_backbone(widths=widths, fc_width=8)) if build == "fcn" else (
+        lambda: deeplab_v1_backbone(widths=widths, fc_width=8))
+    torch.manual_seed(0)
+    source = make()
+    blocks = [(s, b) for s, n in enumerate((2, 2, 3, 3, 3)) for b in range(n)]
+    new_to_old = {f"features.{i}.": f"stages.{s}.{b}.0." for (s, b), i in zip(blocks, _OLD_VGG16_FEATURE_INDICES)}
+    old_state = {}
+    for key, value in source.state_dict().items():
+        prefix = next((p for p in new_to_old if key.startswith(p)), None)
+        old_state[key if prefix is None else new_to_old[prefix] + key[len(prefix):]] = value
+    assert "stages.4.2.0.weight" in old_state and "fc.fc6.0.weight" in old_state
+    backbone = make()
+    backbone.load_state_dict(old_state)  # strict
+    for key, value in source.state_dict().items():
+        assert torch.equal(backbone.state_dict()[key], value), key

@@ -47,8 +47,28 @@ class ModelConfig:
     name: str = "segnet_basic"
     # Extra keyword arguments for the model builder (e.g. ``{upsample: bilinear}``).
     kwargs: dict[str, Any] = field(default_factory=dict)
-    # ``imagenet`` (torchvision weights API) or a path to a torchvision vgg16_bn state dict.
-    pretrained_encoder: str | None = None
+    # Whole-model weights loaded after building: a URL or the path of a state dict.
+    weights: str | None = None
+    # Backbone weights: ``imagenet`` (torchvision's ImageNet weights), a URL or a state-dict path.
+    weights_backbone: str | None = None
+
+
+#: Keys of older recipes and the key that replaced each.
+RENAMED_KEYS: dict[str, str] = {
+    "model.pretrained_encoder": "model.weights_backbone",
+    "model.kwargs.pretrained_encoder": "model.weights_backbone",
+    "model.kwargs.pretrained_backbone": "model.weights_backbone",
+}
+
+
+def _check_renamed(key: str, value: Any) -> None:
+    """Raise a :class:`SeglabError` naming the new key when ``key`` is one of :data:`RENAMED_KEYS`."""
+    if key in RENAMED_KEYS:
+        new = RENAMED_KEYS[key]
+        section, name = new.split(".", 1)
+        shown = "null" if value is None else value
+        raise SeglabError(f"Config key {key!r} was renamed to {new!r}: write `{name}: {shown}` under `{section}:` "
+                          f"in the recipe, or --{new} {shown} on the command line.")
 
 
 @dataclass
@@ -148,8 +168,9 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    """A whole experiment."""
+    """A whole experiment. ``task`` names what is predicted (``semantic``: a class per pixel)."""
 
+    task: str = "semantic"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -172,14 +193,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except SeglabError as e:
-                errors.append(str(e))
+            except SeglabError:
+                pass
         raise SeglabError(f"Config key {key!r} expects {_type_name(tp)}, got {value!r}.")
     if origin is list:
         if isinstance(value, tuple):
@@ -216,6 +236,7 @@ def _fill(obj: Any, data: dict[str, Any], prefix: str) -> None:
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in data.items():
         full = f"{prefix}{key}"
+        _check_renamed(full, value)
         if key not in names:
             all_keys = [f"{prefix}{n}" for n in names]
             raise SeglabError(f"Unknown config key {full!r}.{did_you_mean(full, all_keys)} Valid keys: {', '.join(all_keys)}.")
@@ -225,7 +246,11 @@ def _fill(obj: Any, data: dict[str, Any], prefix: str) -> None:
                 raise SeglabError(f"Config section {full!r} must be a mapping, got {value!r}.")
             _fill(current, value, f"{full}.")
         else:
-            setattr(obj, key, _coerce(value, hints[key], full))
+            value = _coerce(value, hints[key], full)
+            if isinstance(value, dict):  # model.kwargs: builder options may have been renamed too
+                for name, item in value.items():
+                    _check_renamed(f"{full}.{name}", item)
+            setattr(obj, key, value)
 
 
 def config_from_dict(data: dict[str, Any] | None) -> Config:
@@ -281,12 +306,16 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 
 def _set_key(cfg: Config, key: str, value: Any) -> None:
+    _check_renamed(key, value)
     if key.startswith("model.kwargs."):
         cfg.model.kwargs[key[len("model.kwargs.") :]] = value
         return
     valid = _all_keys(cfg)
     if key not in valid:
         raise SeglabError(f"Unknown config key {key!r}.{did_you_mean(key, valid)} Run `seglab train --help` for the list.")
+    if "." not in key:  # a top-level setting such as ``task``
+        _fill(cfg, {key: value}, "")
+        return
     section, name = key.split(".", 1)
     sub = getattr(cfg, section)
     _fill(sub, {name: value}, f"{section}.")

@@ -2,8 +2,9 @@
 
 Layout: ``layers/`` (conv blocks, pooling with indices, upsampling, atrous and separable convs,
 FCN heads, BN folding), ``backbones/`` (VGG16, Xception-65), ``semantic/`` (the per-pixel
-models), ``registry.py`` (``create_model`` / ``list_models``), ``weights.py`` (pretrained weights),
-``complexity.py`` (parameters and GFLOPs).
+models), ``registry.py`` (``create_model`` / ``list_models``), ``weights.py`` (the one loader of
+pretrained weights: ``weights`` for a whole model, ``weights_backbone`` for its ImageNet backbone),
+``complexity.py`` (parameters and GFLOPs). Building a model never downloads anything by default.
 
 Example:
     >>> from seglab.models import create_model

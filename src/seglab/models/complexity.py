@@ -7,7 +7,7 @@ do conv biases. Many papers quote multiply-adds ("GMACs") instead: divide our nu
 compare with those.
 
 Example:
-    >>> from seglab.registry import create_model
+    >>> from seglab.models.registry import create_model
     >>> model = create_model("segnet_basic", num_classes=11)
     >>> count_parameters(model)
     1416075

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +22,17 @@ from torch import nn
 
 from seglab.core.errors import SeglabError, did_you_mean
 from seglab.models.semantic import (
-    bayesian_segnet, deconvnet, deeplab_v1, deeplabv3, fcn, fcn_basic, segnet, segnet_lite, unet
+    bayesian_segnet,
+    deconvnet,
+    deeplab_v1,
+    deeplabv3,
+    fcn,
+    fcn_basic,
+    segnet,
+    segnet_lite,
+    unet,
 )
+from seglab.models.weights import load_model_weights
 
 __all__ = ["register_model", "create_model", "list_models", "get_model_builder"]
 
@@ -74,19 +84,48 @@ def get_model_builder(name: str) -> Callable[..., nn.Module]:
     return _MODELS[name]
 
 
-def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+#: Option names of older seglab versions, and the option that replaced them.
+_RENAMED_OPTIONS: dict[str, str] = {"pretrained_encoder": "weights_backbone", "pretrained_backbone": "weights_backbone"}
+
+
+def create_model(name: str, num_classes: int, *, weights: str | None = None, weights_backbone: str | None = None,
+                 **kwargs: Any) -> nn.Module:
     """Build a registered model returning logits ``N x num_classes x H x W`` at input size.
 
-    Keyword arguments set to ``None`` are dropped, so an unset command-line option
-    never overrides a model's own default.
+    Args:
+        name: A name of :func:`list_models`.
+        num_classes: Number of classes.
+        weights: A whole-model state dict to load into the built model: a URL or a file path (any
+            :func:`seglab.models.weights.load_state_dict` source), e.g. ``torch.save(model.state_dict(),
+            path)`` of a model built with the same options. Keys of older seglab layouts are upgraded.
+        weights_backbone: Pretrained backbone weights, passed to the builder (``"imagenet"``, a URL
+            or a file; only models with an ImageNet backbone accept it).
+        **kwargs: The builder's options. Those set to ``None`` are dropped, so an unset
+            command-line option never overrides a model's own default.
+
+    Nothing is downloaded unless ``weights`` or ``weights_backbone`` names a URL or ``"imagenet"``.
     """
     builder = get_model_builder(name)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise SeglabError(f"num_classes must be a positive integer, got {num_classes!r}.")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    for old, new in _RENAMED_OPTIONS.items():
+        if old in kwargs:
+            raise SeglabError(f"Model {name!r} does not accept that option: {old!r} was renamed to {new!r}. Write "
+                              f"{new}={kwargs[old]!r} (model.{new} in a recipe, not model.kwargs.{old}).")
+    if weights_backbone is not None:
+        kwargs["weights_backbone"] = weights_backbone
     try:
-        return builder(num_classes=num_classes, **kwargs)
+        model = builder(num_classes=num_classes, **kwargs)
     except TypeError as e:
-        if "unexpected keyword argument" in str(e):
-            raise SeglabError(f"Model {name!r} does not accept that option: {e}. Check `model.kwargs` in the recipe.") from e
+        # Only a bad option of this call, not a TypeError from deeper inside the builder.
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if bad and bad.group(1) in kwargs:
+            backbone = bad.group(1) == "weights_backbone"
+            note = " (only models with an ImageNet backbone take weights_backbone)" if backbone else ""
+            raise SeglabError(f"Model {name!r} does not accept that option: {e}. Check `model.kwargs` in the "
+                              f"recipe{note}.") from e
         raise
+    if weights is not None:
+        load_model_weights(model, weights, what=name)
+    return model

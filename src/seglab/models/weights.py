@@ -1,162 +1,348 @@
-"""Loading ImageNet VGG16-BN weights into a SegNet encoder.
+"""Pretrained weights: one loader for every source, and the checks that make its errors clear.
 
-The encoder's modules are named ``stages.<s>.<b>.<0 conv | 1 bn>`` while torchvision's
-``vgg16_bn().features`` is one flat ``nn.Sequential``; :data:`VGG16_BN_FEATURE_INDICES` is the
-explicit correspondence. A source is either ``"imagenet"`` (torchvision's weights API, which
-downloads once into the torch hub cache) or the path of a file written by
-``torch.save(torchvision.models.vgg16_bn().state_dict(), path)``. Whole-model dicts
-(``features.*`` and ``classifier.*``) and ``features``-only dicts are both accepted; the
-classifier part is ignored.
+Two options, named as in torchvision:
+
+* ``weights_backbone`` (the builders; ``model.weights_backbone`` in a recipe): weights for a
+  model's ImageNet backbone, e.g. ``"imagenet"`` for SegNet's VGG16-BN encoder or DeepLabv3's ResNet.
+* ``weights`` (:func:`seglab.models.create_model`; ``model.weights`` in a recipe): a whole-model
+  state dict, e.g. ``torch.save(model.state_dict(), path)`` of a model built with the same options.
+
+Both take the same sources, read by :func:`load_state_dict`:
+
+* a registered name: ``"imagenet"`` is torchvision's ``IMAGENET1K_V1`` weights of the backbone in
+  question (``VGG16_BN_Weights``, ``ResNet50_Weights``, ...); any other member of that enum
+  (``"IMAGENET1K_V2"``, ``"DEFAULT"``) works too;
+* an ``http(s)://`` or ``file://`` URL, downloaded once into :func:`cache_dir`;
+* a local file: ``torch.load(..., weights_only=True)``, or ``.safetensors`` when the
+  ``safetensors`` package is installed.
+
+Downloads show a progress bar (when ``tqdm`` is installed), go to a temporary file in the cache
+folder and are renamed onto their name only once complete and checked: against ``sha256`` when
+given, else against torch hub's convention of a hash prefix in the file name
+(``resnet50-0676ba61.pth``). Nothing is downloaded unless an option names a URL or a registered
+name; building a model with default arguments never touches the network.
+
+Example:
+    >>> state = load_state_dict("imagenet", what="vgg16_bn")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import importlib.util
+import os
+import re
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from seglab.core.atomic import atomic_write
 from seglab.core.errors import SeglabError
 
-__all__ = ["VGG16_BN_FEATURE_INDICES", "load_vgg16_bn_encoder", "read_state_dict_file", "read_vgg16_bn_features",
-           "vgg16_bn_key_map"]
+__all__ = ["ALIASES", "TORCHVISION_WEIGHTS", "cache_dir", "check_state_dict", "load_model_weights",
+           "load_state_dict", "strip_prefix", "upgrade_state_dict"]
 
-#: ``(conv, batchnorm)`` positions in ``torchvision.models.vgg16_bn().features`` of the 13 conv
-#: layers, in order; ReLUs and the 5 max-pools (at 6, 13, 23, 33, 43) have no weights.
-VGG16_BN_FEATURE_INDICES: tuple[tuple[int, int], ...] = (
-    (0, 1), (3, 4),                     # block 1: 64, 64
-    (7, 8), (10, 11),                   # block 2: 128, 128
-    (14, 15), (17, 18), (20, 21),       # block 3: 256 x 3
-    (24, 25), (27, 28), (30, 31),       # block 4: 512 x 3
-    (34, 35), (37, 38), (40, 41),       # block 5: 512 x 3
-)  # fmt: skip
+#: Backbones with registered names: ``what`` -> the torchvision weights enum whose members name them.
+TORCHVISION_WEIGHTS: dict[str, str] = {
+    "vgg16": "VGG16_Weights",
+    "vgg16_bn": "VGG16_BN_Weights",
+    "resnet50": "ResNet50_Weights",
+    "resnet101": "ResNet101_Weights",
+}
+#: seglab's short names for torchvision enum members.
+ALIASES: dict[str, str] = {"imagenet": "IMAGENET1K_V1"}
+_URL_SCHEMES = ("http://", "https://", "file://")
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,64})\.")
+_MAX_LISTED = 6
+_CHUNK = 1 << 20
 
-_HOW_TO_SAVE = "torch.save(torchvision.models.vgg16_bn().state_dict(), path)"
-_MAX_LISTED = 8
+
+def cache_dir() -> Path:
+    """``$SEGLAB_CACHE_DIR/weights``, else torch hub's ``checkpoints`` folder (shared with torchvision)."""
+    base = os.environ.get("SEGLAB_CACHE_DIR")
+    if base:
+        return Path(base) / "weights"
+    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def vgg16_bn_key_map(encoder: nn.Module) -> dict[str, str]:
-    """Map every state-dict key of a SegNet VGG16 encoder to its ``vgg16_bn().features`` key.
+def _how_to_save(what: str) -> str:
+    if what in TORCHVISION_WEIGHTS:
+        return f"torch.save(torchvision.models.{what}(weights='IMAGENET1K_V1').state_dict(), path)"
+    return f"torch.save(model.state_dict(), path) for a {what} built with the same options"
+
+
+def _option_help(option: str) -> str:
+    return f"{option} (model.{option} in a recipe)"
+
+
+def _registered_url(source: str, what: str) -> tuple[str, str] | None:
+    """``(url, description)`` of the torchvision weights ``source`` names for ``what``, if it names any."""
+    enum_name = TORCHVISION_WEIGHTS.get(what)
+    member = ALIASES.get(source, source)
+    if enum_name is None or not member.isidentifier():
+        return None
+    import torchvision.models  # lazy: importing torchvision is slow
+
+    try:
+        weights = getattr(torchvision.models, enum_name)[member]
+    except KeyError:
+        return None
+    return weights.url, f"torchvision {enum_name}.{weights.name}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _expected_hash(name: str, sha256: str | None) -> tuple[str, str] | None:
+    """``(expected hex prefix, where it comes from)``: the given sha256, else torch hub's name convention."""
+    if sha256:
+        return sha256.lower(), "the given sha256"
+    match = _HASH_IN_NAME.search(name)
+    return (match.group(1), f"the hash prefix in the file name {name!r}") if match else None
+
+
+def _progress_bar(total: int | None, name: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm  # lazy and optional: a download without a bar is still a download
+    except ImportError:
+        print(f"Downloading {name} ...", file=sys.stderr)
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr)
+
+
+def _download(url: str, target: Path, *, sha256: str | None, progress: bool, option: str, described: str) -> None:
+    """Fetch ``url`` into ``target``: a temporary file in the same folder, checked, then renamed onto it."""
+
+    def fetch(tmp: str) -> None:
+        digest = hashlib.sha256()
+        with open(tmp, "wb") as out:
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "seglab"})) as response:
+                    length = response.headers.get("Content-Length")
+                    bar = _progress_bar(int(length) if length else None, target.name, progress)
+                    try:
+                        while chunk := response.read(_CHUNK):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            if bar is not None:
+                                bar.update(len(chunk))
+                    finally:
+                        if bar is not None:
+                            bar.close()
+            except Exception as e:  # URLError, HTTPError, SSL, timeouts: all mean "no file"
+                raise SeglabError(
+                    f"{option} {described} could not be downloaded from {url} ({type(e).__name__}: {e}). If this "
+                    f"machine is offline, download that file elsewhere and pass that file's path (or a file:// URL) "
+                    f"as {_option_help(option)}, or copy it into {str(target.parent)!r} as {target.name!r}."
+                ) from e
+        expected = _expected_hash(target.name, sha256)
+        if expected is not None and not digest.hexdigest().startswith(expected[0]):
+            raise SeglabError(
+                f"The download of {url} does not match {expected[1]} (sha256 {digest.hexdigest()[:16]}..., expected "
+                f"{expected[0][:16]}...); it was deleted. The file may have changed on the server or been "
+                f"corrupted on the way: check the URL and sha256 given as {_option_help(option)}, or try again."
+            )
+
+    atomic_write(target, fetch)  # an interrupted or rejected download leaves no file behind
+
+
+def _cached_download(url: str, *, sha256: str | None, progress: bool, option: str, described: str) -> Path:
+    """The cached copy of ``url``, downloaded first if absent; a cached file failing ``sha256`` is deleted."""
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+    if not name:
+        raise SeglabError(f"{option} URL {url!r} names no file; give the URL of a .pth or .safetensors file.")
+    target = cache_dir() / name
+    if target.is_file() and sha256:
+        actual = _sha256(target)
+        if not actual.startswith(sha256.lower()):
+            target.unlink()
+            raise SeglabError(
+                f"The cached copy {str(target)!r} of {url} does not match the given sha256 (got {actual[:16]}..., "
+                f"expected {sha256[:16]}...); it was deleted. Run again to download it afresh, or check the "
+                f"sha256 given for {_option_help(option)}."
+            )
+    if not target.is_file():
+        _download(url, target, sha256=sha256, progress=progress, option=option, described=described)
+    return target
+
+
+def _read(path: Path, *, option: str, cached: bool) -> dict[str, Tensor]:
+    """A state dict from ``path`` (``torch.load`` with ``weights_only``, or safetensors)."""
+    again = ("delete it and run again to download it afresh" if cached
+             else "write it again, e.g. with torch.save(model.state_dict(), path)")
+    safetensors = path.suffix == ".safetensors"
+    if safetensors and importlib.util.find_spec("safetensors") is None:
+        raise SeglabError(f"{option} file {str(path)!r} is a safetensors file; install the package to read it "
+                          "(pip install safetensors) or save the weights with torch.save.")
+    try:
+        if safetensors:
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, pickle, safetensors header and truncation errors alike
+        raise SeglabError(f"Could not read {option} file {str(path)!r} ({type(e).__name__}: {e}). It may be truncated "
+                          f"(an interrupted copy or download) or not a PyTorch/safetensors file: {again}.") from e
+    if isinstance(state, Mapping) and not all(isinstance(v, Tensor) for v in state.values()):
+        # A checkpoint that holds the state dict under a key (seglab's "model", Lightning's "state_dict").
+        nested = [state[k] for k in ("state_dict", "model") if isinstance(state.get(k), Mapping)]
+        state = nested[0] if nested else state
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        kind = type(state).__name__ if not isinstance(state, Mapping) else "mapping with non-tensor values"
+        raise SeglabError(f"{option} file {str(path)!r} holds a {kind}, not a state dict of tensors. "
+                          "Save one with torch.save(model.state_dict(), path).")
+    return dict(state)
+
+
+def load_state_dict(source: str | Path, *, what: str, sha256: str | None = None, progress: bool = True,
+                    option: str = "weights") -> dict[str, Tensor]:
+    """Read a state dict from a registered name, an ``http(s)://``/``file://`` URL or a local file.
 
     Args:
-        encoder: A :class:`seglab.models.segnet.SegNetEncoder` with the VGG16 layout.
+        source: ``"imagenet"`` (or another torchvision enum member name for ``what``), a URL
+            (downloaded once into :func:`cache_dir`) or a path.
+        what: The network the weights are for: a key of :data:`TORCHVISION_WEIGHTS` (``"vgg16_bn"``,
+            ``"resnet50"``, ...), which is what registered names resolve against, or a seglab model
+            name (no registered names). Error messages name it.
+        sha256: Expected SHA-256 (or a prefix of it) of the file; ``None``: torch hub's hash prefix
+            in a downloaded file's name, if it has one.
+        progress: Show a progress bar while downloading.
+        option: The user-facing option that named ``source``, for error messages.
 
     Returns:
-        ``{encoder key: features key}``, e.g. ``"stages.1.0.1.running_var" -> "7.running_var"``.
+        The state dict, on the CPU.
 
     Raises:
-        SeglabError: The encoder does not have 13 conv blocks in VGG16's 5 stages.
+        SeglabError: Unknown name or missing file, failed download, sha256 mismatch (a bad cached
+            copy is deleted), unreadable or truncated file, or a file that holds no state dict.
     """
-    blocks = [(f"stages.{s}.{b}", block) for s, stage in enumerate(encoder.stages) for b, block in enumerate(stage)]
-    if len(blocks) != len(VGG16_BN_FEATURE_INDICES):
-        raise SeglabError(f"VGG16-BN weights need an encoder with 13 conv blocks; this one has {len(blocks)}.")
-    if not all(isinstance(block[1], nn.BatchNorm2d) for _, block in blocks):
-        raise SeglabError("VGG16-BN weights need BatchNorm2d after every encoder conv (norm_layer=nn.BatchNorm2d).")
-    key_map: dict[str, str] = {}
-    for (prefix, block), (conv_idx, norm_idx) in zip(blocks, VGG16_BN_FEATURE_INDICES):
-        for child, src_idx in (("0", conv_idx), ("1", norm_idx)):
-            for name in block[int(child)].state_dict():
-                key_map[f"{prefix}.{child}.{name}"] = f"{src_idx}.{name}"
-    return key_map
-
-
-def _download_imagenet() -> dict[str, Tensor]:
-    """torchvision's ImageNet VGG16-BN state dict (from the hub cache or the internet)."""
-    from torchvision.models import VGG16_BN_Weights  # lazy: importing torchvision is slow
-
-    try:
-        return VGG16_BN_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-    except Exception as e:  # noqa: BLE001  (URLError, HTTPError, SSL, hash check: all mean "no weights")
+    text = str(source)
+    registered = _registered_url(text, what) if "://" not in text and not Path(text).exists() else None
+    if registered is not None or text.startswith(_URL_SCHEMES):
+        url, described = registered if registered is not None else (text, repr(text))
+        path = _cached_download(url, sha256=sha256, progress=progress, option=option, described=described)
+        return _read(path, option=option, cached=True)
+    path = Path(text).expanduser()
+    if "://" in text or not path.is_file():
+        if what in TORCHVISION_WEIGHTS:
+            enum = TORCHVISION_WEIGHTS[what]
+            raise SeglabError(
+                f"{option} {text!r} is neither 'imagenet' nor an existing file or http(s)/file URL. Pass 'imagenet' "
+                f"(torchvision {enum}.IMAGENET1K_V1; other {enum} member names such as 'DEFAULT' work too), an "
+                f"http(s):// or file:// URL, or the path of a file written by {_how_to_save(what)}."
+            )
         raise SeglabError(
-            f"ImageNet VGG16-BN weights could not be downloaded ({type(e).__name__}: {e}). If this machine is "
-            f"offline, save them elsewhere with {_HOW_TO_SAVE} using weights='IMAGENET1K_V1' and pass that "
-            "file's path as pretrained_encoder."
-        ) from e
+            f"{option} {text!r} is neither an existing file nor an http(s)/file URL ({what} has no registered "
+            f"names such as 'imagenet'; ImageNet backbone weights are set with weights_backbone). Pass a URL or "
+            f"the path of a file written by {_how_to_save(what)}."
+        )
+    if sha256 and not _sha256(path).startswith(sha256.lower()):
+        raise SeglabError(f"{option} file {str(path)!r} does not match the given sha256 {sha256[:16]}...; "
+                          "check that it is the intended file.")
+    return _read(path, option=option, cached=False)
 
 
-def read_state_dict_file(path: Path, option: str, how_to_save: str) -> Mapping[str, Tensor]:
-    """Load a state dict from ``path``; any failure becomes a :class:`SeglabError` naming the file.
+def strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The keys starting with ``prefix``, without it, when any key does; otherwise ``state`` unchanged.
 
-    ``option`` is the user-facing setting that named the file and ``how_to_save`` the
-    command that writes a valid one; both go into the messages.
+    For wrappers (``module.`` of DataParallel, ``_orig_mod.`` of ``torch.compile``) and for parts of
+    larger models (``backbone.`` of torchvision's segmentation models, ``features.``).
     """
-    if not path.is_file():
-        raise SeglabError(f"{option} {str(path)!r} is neither 'imagenet' nor an existing file. "
-                          f"Pass 'imagenet' or the path of a file written by {how_to_save}.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (pickle, zip and torch errors alike mean "unreadable")
-        raise SeglabError(f"Could not read {option} file {str(path)!r}: {e}") from e
-    if not isinstance(state, Mapping):
-        raise SeglabError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict. Save it with {how_to_save}.")
-    return state
-
-
-def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """Keys starting with ``prefix``, without it; all keys unchanged when none starts with it."""
     if not any(k.startswith(prefix) for k in state):
         return dict(state)
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def read_vgg16_bn_features(source: str | Path) -> tuple[dict[str, Tensor], str]:
-    """Read a ``vgg16_bn`` state dict and reduce it to its ``features`` part.
+def _listed(keys: Sequence[str]) -> str:
+    more = f" and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
+    return ", ".join(keys[:_MAX_LISTED]) + more
+
+
+def check_state_dict(
+    state: Mapping[str, Tensor],
+    wanted: Mapping[str, Sequence[int]],
+    *,
+    source: str | Path,
+    what: str,
+    option: str,
+    part: str = "model",
+    ignore: tuple[str, ...] = (),
+    hints: Mapping[str, str] | None = None,
+) -> None:
+    """Raise a :class:`SeglabError` naming the file and listing a few missing, mismatched and unexpected keys.
 
     Args:
-        source: ``"imagenet"`` or a file path.
-
-    Returns:
-        The features state dict with keys like ``"0.weight"``, and a description of the source
-        for error messages.
+        state: The state dict read.
+        wanted: ``{key: shape}`` it must provide (BN ``num_batches_tracked`` may be absent).
+        source: What the user passed, for the message.
+        what: Network the weights should be for (see :func:`load_state_dict`).
+        option: The option that named ``source``.
+        part: What the shapes are compared with in the message (``encoder``, ``model``).
+        ignore: Prefixes of keys ``state`` may have besides ``wanted`` (``classifier.``, ``fc.``).
+        hints: Extra sentences, each added when its key has a shape mismatch.
     """
-    if str(source) == "imagenet":
-        state, where = _download_imagenet(), "torchvision ImageNet VGG16-BN weights"
-    else:
-        state, where = read_state_dict_file(Path(source), "pretrained_encoder", _HOW_TO_SAVE), f"file {str(source)!r}"
-    # DataParallel checkpoints prefix "module."; whole-model dicts prefix "features.".
-    return _strip_prefix(_strip_prefix(state, "module."), "features."), where
-
-
-def _check_compatible(features: Mapping[str, Tensor], key_map: Mapping[str, str], target: Mapping[str, Tensor],
-                      where: str) -> None:
-    """Raise a :class:`SeglabError` listing missing and mismatched keys, if any."""
-    # BN's num_batches_tracked is bookkeeping that older checkpoints lack; never require it.
-    missing = [src for dst, src in key_map.items() if src not in features and not dst.endswith("num_batches_tracked")]
-    mismatched = {
-        src: (tuple(features[src].shape), tuple(target[dst].shape))
-        for dst, src in key_map.items()
-        if src in features and features[src].shape != target[dst].shape
-    }
-    if not missing and not mismatched:
+    missing = [k for k in wanted if k not in state and not k.endswith("num_batches_tracked")]
+    mismatched = [k for k, shape in wanted.items() if k in state and tuple(state[k].shape) != tuple(shape)]
+    unexpected = [k for k in state if k not in wanted and not k.startswith(ignore)]
+    if not missing and not mismatched and not unexpected:
         return
     problems = []
     if missing:
-        more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
-        problems.append("missing keys: " + ", ".join(f"features.{k}" for k in missing[:_MAX_LISTED]) + more)
+        problems.append(f"missing keys: {_listed(missing)}")
     if mismatched:
-        shown = list(mismatched.items())[:_MAX_LISTED]
-        problems.append("shape mismatches: " + "; ".join(f"features.{k} {a} vs encoder {b}" for k, (a, b) in shown))
-    hint = " VGG16-BN weights need in_channels=3." if "0.weight" in mismatched else ""
-    raise SeglabError(
-        f"The {where} is not a torchvision vgg16_bn state dict ({'; '.join(problems)}).{hint} "
-        f"Save one with {_HOW_TO_SAVE}."
-    )
+        shown = [f"{k} {tuple(state[k].shape)} vs {part} {tuple(wanted[k])}" for k in mismatched]
+        problems.append(f"shape mismatches: {'; '.join(shown[:_MAX_LISTED])}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listed(unexpected)}")
+    extra = "".join(f" {text}" for key, text in (hints or {}).items() if key in mismatched)
+    expected = f"torchvision {what}" if what in TORCHVISION_WEIGHTS else f"seglab {what}"
+    raise SeglabError(f"{option} {str(source)!r} is not a {expected} state dict ({'; '.join(problems)}).{extra} "
+                      f"Save one with {_how_to_save(what)}.")
 
 
-def load_vgg16_bn_encoder(encoder: nn.Module, source: str | Path) -> None:
-    """Copy VGG16-BN conv and BatchNorm tensors into a SegNet encoder, in place.
+def upgrade_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A copy of ``state`` with keys of older seglab layouts renamed to ``model``'s current ones.
 
-    Args:
-        encoder: Encoder with the VGG16 layout (:data:`seglab.models.segnet.VGG16_STAGES`).
-        source: ``"imagenet"`` or the path of a ``vgg16_bn`` (or ``vgg16_bn().features``) state dict.
-
-    Raises:
-        SeglabError: Weights unavailable (offline), unreadable file, or a state dict of another model.
+    Every submodule with an ``upgrade_state_dict(state, prefix)`` method (the VGG encoders, see
+    :class:`seglab.models.backbones.vgg.LegacyStageKeys`) renames its own keys. ``model.load_state_dict``
+    does the same by itself; this is for checking a state dict before loading it.
     """
-    key_map = vgg16_bn_key_map(encoder)
-    features, where = read_vgg16_bn_features(source)
-    target = encoder.state_dict()
-    _check_compatible(features, key_map, target, where)
-    loaded = {dst: features.get(src, target[dst]) for dst, src in key_map.items()}
-    encoder.load_state_dict(loaded, strict=True)
+    state = dict(state)
+    for name, module in model.named_modules():
+        upgrade = getattr(module, "upgrade_state_dict", None)
+        if callable(upgrade):
+            upgrade(state, f"{name}." if name else "")
+    return state
+
+
+def load_model_weights(model: nn.Module, source: str | Path, *, what: str, sha256: str | None = None,
+                       option: str = "weights") -> nn.Module:
+    """Load a whole-model state dict (any :func:`load_state_dict` source) into ``model``, in place.
+
+    ``module.`` / ``_orig_mod.`` prefixes (DataParallel, ``torch.compile``) are dropped and old
+    seglab layouts upgraded; then every key and shape must match. Returns ``model``.
+    """
+    state = load_state_dict(source, what=what, sha256=sha256, option=option)
+    for prefix in ("module.", "_orig_mod."):
+        state = strip_prefix(state, prefix)
+    state = upgrade_state_dict(model, state)
+    target = model.state_dict()
+    check_state_dict(state, {k: tuple(v.shape) for k, v in target.items()}, source=source, what=what,
+                     option=option, part="model")
+    # BN counters that an older file lacks keep the model's value.
+    model.load_state_dict({**{k: v for k, v in target.items() if k.endswith("num_batches_tracked")}, **state})
+    return model

@@ -141,8 +141,8 @@ class SemanticTask:
     # ------------------------------------------------------------------ model
     def build_model(self, cfg: Config) -> nn.Module:
         """The recipe's model with this task's output channels; fails early on crops it cannot take."""
-        model = create_model(cfg.model.name, self.model_num_classes, weights=getattr(cfg.model, "weights", None),  # XXX
-                             weights_backbone=getattr(cfg.model, "weights_backbone", None), **cfg.model.kwargs)
+        model = create_model(cfg.model.name, self.model_num_classes, weights=cfg.model.weights,
+                             weights_backbone=cfg.model.weights_backbone, **cfg.model.kwargs)
         check_input_size(model, cfg.data.crop_size, cfg.model.name, "data.crop_size")
         return model
 

@@ -1,4 +1,4 @@
-"""VGG16 as a segmentation backbone, and torchvision VGG16 weights for it, fc layers included.
+"""VGG16 as a segmentation backbone, laid out like torchvision's ``vgg16().features``.
 
 Simonyan & Zisserman, "Very Deep Convolutional Networks for Large-Scale Image Recognition",
 ICLR 2015 (arXiv:1409.1556). FCN (arXiv:1411.4038), DeconvNet (arXiv:1505.04366) and
@@ -7,12 +7,15 @@ fully connected ``fc6``/``fc7`` into convolutions. What differs between them is 
 (FCN: 2x2/2; DeepLab: 3x3 with stride 1 in the last two stages), dilation, padding and the shape of
 ``fc6``, so :class:`VGG16Backbone` takes those as arguments.
 
-Weights come from torchvision: ``"imagenet"`` (``VGG16_Weights.IMAGENET1K_V1``, or the ``_BN``
-variant for backbones with BatchNorm) or the path of a file written by
-``torch.save(torchvision.models.vgg16().state_dict(), path)``. The conv layers load directly;
-``classifier.0`` (``4096 x 25088``) becomes ``fc6`` as ``4096 x 512 x 7 x 7`` and ``classifier.3``
-becomes ``fc7`` as ``4096 x 4096 x 1 x 1``. A smaller fc layer (DeepLab's 3x3, 1024 channels) is
-filled by decimation: every 4th filter and every 3rd spatial tap, as DeepLab describes.
+The convs (and BatchNorms, ReLUs) sit in :class:`VGGFeatures`, numbered exactly as in
+torchvision's ``vgg16().features`` / ``vgg16_bn().features``, pools included in the count; the
+pools themselves are kept apart (``pools``, or SegNet's index-recording ``pool``) so they can
+differ from torchvision's. A torchvision state dict therefore loads by key, with no map:
+``features.<i>`` is ``features.<i>``. ``classifier.0`` (``4096 x 25088``) becomes ``fc6`` as
+``4096 x 512 x 7 x 7`` and ``classifier.3`` becomes ``fc7`` as ``4096 x 4096 x 1 x 1``; a smaller
+fc layer (DeepLab's 3x3, 1024 channels) is filled by decimation: every 4th filter and every 3rd
+spatial tap, as DeepLab describes. Models saved before this layout (convs named
+``stages.<s>.<b>.<0 conv | 1 norm>``) still load: :class:`LegacyStageKeys` renames their keys.
 
 Example:
     >>> import torch
@@ -24,45 +27,138 @@ Example:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from seglab.core.errors import SeglabError
-from seglab.models.layers.blocks import ConvNormAct
-from seglab.models.weights import read_state_dict_file, vgg16_bn_key_map
+from seglab.models.layers.blocks import conv_norm_act
+from seglab.models.weights import check_state_dict, load_state_dict, strip_prefix
 
-__all__ = [
-    "VGG16_FEATURE_INDICES",
-    "VGG16_STAGES",
-    "VGG16Backbone",
-    "fc_weights_for",
-    "load_vgg16_weights",
-    "make_fc_layers",
-    "read_vgg16_state",
-    "vgg16_key_map",
-]
+__all__ = ["VGG16_STAGES", "LegacyStageKeys", "VGG16Backbone", "VGGFeatures", "fc_weights_for", "load_vgg16_weights",
+           "make_fc_layers"]
 
-#: Positions of the 13 conv layers in ``torchvision.models.vgg16().features`` (no BatchNorm).
-VGG16_FEATURE_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 #: torchvision ``classifier`` positions of the two fully connected layers that become convolutions.
 _FC_SOURCES: dict[str, str] = {"fc6": "classifier.0", "fc7": "classifier.3"}
 #: Output channels of the VGG16 conv layers, grouped by pooling stage.
 VGG16_STAGES: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-_MAX_LISTED = 6
 
 
-def _how_to_save(batch_norm: bool) -> str:
-    return f"torch.save(torchvision.models.{'vgg16_bn' if batch_norm else 'vgg16'}().state_dict(), path)"
+class VGGFeatures(nn.Sequential):
+    """Conv -> [norm] -> [activation] per layer, named with torchvision's flat ``features`` numbering.
+
+    Every module gets the index it has in torchvision's ``make_layers``, and one index after each
+    stage stays free for the pooling layer, which the owner keeps itself. For VGG16 widths this is
+    ``vgg16().features`` (convs at 0, 2, 5, ...) without norm, ``vgg16_bn().features`` (0, 3, 7, ...)
+    with BatchNorm. Run it stage by stage with :meth:`run_stage`; ``features[i]`` is the module
+    torchvision numbers ``i``. It is an ``nn.Sequential`` (whose own ``forward`` refuses to run,
+    having no pools) because consecutive children are what
+    :func:`~seglab.models.layers.folding.fold_batchnorm` folds.
+
+    Args:
+        in_channels: Input channels.
+        stages: Conv output widths per stage.
+        kernel_size: Conv kernel size.
+        bias: Whether the convs have biases (torchvision's do, BatchNorm or not).
+        norm_layer: Norm factory after every conv; ``None`` for none.
+        activation_layer: Activation factory (called with ``inplace=True``); ``None`` for none.
+        dilations: Conv dilation per stage (padding follows, so the convs keep the size).
+        first_padding: Padding of the very first conv; ``None`` for "same" (FCN uses 100).
+
+    Attributes:
+        stage_keys: Module names of each stage, in order.
+        legacy_names: ``{"stages.<s>.<b>.<c>": "<i>"}``: where each module was before this layout.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        stages: Sequence[Sequence[int]],
+        *,
+        kernel_size: int = 3,
+        bias: bool = True,
+        norm_layer: Callable[..., nn.Module] | None = None,
+        activation_layer: Callable[..., nn.Module] | None = nn.ReLU,
+        dilations: Sequence[int] | None = None,
+        first_padding: int | None = None,
+    ) -> None:
+        dilations = [1] * len(stages) if dilations is None else list(dilations)
+        if len(dilations) != len(stages):
+            raise ValueError(f"Got {len(stages)} stages: give one dilation per stage.")
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        stage_keys, legacy, index = [], {}, 0
+        for s, (widths, dilation) in enumerate(zip(stages, dilations)):
+            keys = []
+            for b, width in enumerate(widths):
+                same = (kernel_size - 1) // 2 * dilation
+                padding = first_padding if s == b == 0 and first_padding is not None else same
+                parts = [nn.Conv2d(in_channels, width, kernel_size, padding=padding, dilation=dilation, bias=bias)]
+                if norm_layer is not None:
+                    parts.append(norm_layer(width))
+                if activation_layer is not None:
+                    parts.append(activation_layer(inplace=True))
+                for c, module in enumerate(parts):
+                    layers[str(index)] = module
+                    keys.append(str(index))
+                    legacy[f"stages.{s}.{b}.{c}"] = str(index)
+                    index += 1
+                in_channels = width
+            stage_keys.append(keys)
+            index += 1  # the stage's pooling layer
+        super().__init__(layers)
+        self.stage_keys: list[list[str]] = stage_keys
+        self.legacy_names: dict[str, str] = legacy
+        self.out_channels = in_channels
+
+    def __getitem__(self, index: int | str) -> nn.Module:  # type: ignore[override]
+        """The module torchvision numbers ``index`` (not the ``index``-th module: pools leave gaps)."""
+        return self._modules[str(index)]
+
+    def run_stage(self, x: Tensor, stage: int) -> Tensor:
+        """Apply the convs (norms, activations) of ``stage``; the caller pools."""
+        for key in self.stage_keys[stage]:
+            x = self._modules[key](x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError("VGGFeatures holds no pooling layers: call run_stage(x, s) per stage and pool in between.")
 
 
-class VGG16Backbone(nn.Module):
+class LegacyStageKeys:
+    """Mixin loading state dicts written when the convs were named ``stages.<s>.<b>.<c>`` (older seglab).
+
+    The owner has a :class:`VGGFeatures` named ``features``; old keys under the owner's prefix are
+    renamed in place (``stages.1.0.1.running_var`` -> ``features.8.running_var`` in VGG16-BN)
+    before the normal loading, so ``model.load_state_dict(old_state)`` simply works.
+    """
+
+    _version = 2  # 1: ``stages.<s>.<b>.<c>`` names
+    features: VGGFeatures
+
+    def upgrade_state_dict(self, state_dict: MutableMapping[str, Any], prefix: str = "") -> None:
+        """Rename this module's old-layout keys in ``state_dict`` (keys of the whole model; ``prefix`` is ours)."""
+        start = prefix + "stages."
+        for key in [k for k in state_dict if k.startswith(start)]:
+            s, b, c, name = (key[len(prefix):].split(".", 4) + [""] * 4)[1:5]
+            new = self.features.legacy_names.get(f"stages.{s}.{b}.{c}")
+            if new is not None and name:
+                state_dict[f"{prefix}features.{new}.{name}"] = state_dict.pop(key)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        self.upgrade_state_dict(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+
+
+def _stride(pool: nn.Module) -> int:
+    stride = getattr(pool, "stride", 1)
+    return int(stride[0] if isinstance(stride, (tuple, list)) else stride)
+
+
+class VGG16Backbone(LegacyStageKeys, nn.Module):
     """The 13 VGG16 convs in five stages, each followed by its pooling layer, then optional fc layers.
-
-    Conv blocks are named ``stages.<s>.<b>`` (a :class:`ConvNormAct`), like SegNet's encoder, so
-    one key map serves both.
 
     Args:
         in_channels: Image channels.
@@ -76,6 +172,8 @@ class VGG16Backbone(nn.Module):
 
     Attributes:
         feature_channels: Channels of each output of :meth:`forward`.
+        feature_strides: Input pixels per feature pixel of each output (the ``FeatureBackbone``
+            protocol of :mod:`seglab.ops.contract`).
     """
 
     def __init__(
@@ -94,28 +192,27 @@ class VGG16Backbone(nn.Module):
             pools = [nn.MaxPool2d(2, 2, ceil_mode=True) for _ in widths]
         if not len(pools) == len(dilations) == len(widths):
             raise ValueError(f"Got {len(widths)} stages: give one pool and one dilation per stage.")
-        self.stages = nn.ModuleList()
-        for s, (stage_widths, dilation) in enumerate(zip(widths, dilations)):
-            blocks = []
-            for b, width in enumerate(stage_widths):
-                # Convs keep their bias even before a norm layer so that torchvision weights load.
-                padding = first_padding if s == b == 0 else dilation
-                blocks.append(ConvNormAct(in_channels, width, 3, padding=padding, dilation=dilation, bias=True,
-                                          norm_layer=norm_layer))
-                in_channels = width
-            self.stages.append(nn.Sequential(*blocks))
+        # Convs keep their bias even before a norm layer so that torchvision weights load.
+        self.features = VGGFeatures(in_channels, widths, norm_layer=norm_layer, dilations=dilations,
+                                    first_padding=first_padding)
         self.pools = nn.ModuleList(pools)
         self.fc = fc
         self.feature_channels = [stage_widths[-1] for stage_widths in widths]
+        strides, stride = [], 1
+        for pool in pools:
+            stride *= _stride(pool)
+            strides.append(stride)
         if fc is not None:
             self.feature_channels.append(fc.out_channels)
+            strides.append(stride)
+        self.feature_strides = strides
         self.out_channels = self.feature_channels[-1]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Pooled outputs of the five stages (``pool1`` ... ``pool5``), then ``fc7`` if there is ``fc``."""
         features = []
-        for stage, pool in zip(self.stages, self.pools):
-            x = pool(stage(x))
+        for s, pool in enumerate(self.pools):
+            x = pool(self.features.run_stage(x, s))
             features.append(x)
         if self.fc is not None:
             features.append(self.fc(x))
@@ -145,83 +242,18 @@ def make_fc_layers(
 
     Returns:
         ``nn.Sequential`` with children ``fc6``, ``drop6``, ``fc7``, ``drop7``; ``fc6``/``fc7`` are
-        :class:`ConvNormAct` whose child ``0`` is the conv.
+        torchvision ``Conv2dNormActivation`` blocks whose child ``0`` is the conv.
     """
     layers = OrderedDict(
-        fc6=ConvNormAct(in_channels, width, kernel_size, padding=padding, dilation=dilation, bias=True,
-                        norm_layer=norm_layer),
+        fc6=conv_norm_act(in_channels, width, kernel_size, padding=padding, dilation=dilation, bias=True,
+                          norm_layer=norm_layer),
         drop6=nn.Dropout(dropout),
-        fc7=ConvNormAct(width, width, 1, bias=True, norm_layer=norm_layer),
+        fc7=conv_norm_act(width, width, 1, bias=True, norm_layer=norm_layer),
         drop7=nn.Dropout(dropout),
     )
     block = nn.Sequential(layers)
     block.out_channels = width
     return block
-
-
-def _conv_blocks(encoder: nn.Module) -> list[tuple[str, nn.Sequential]]:
-    return [(f"stages.{s}.{b}", block) for s, stage in enumerate(encoder.stages) for b, block in enumerate(stage)]
-
-
-def vgg16_key_map(encoder: nn.Module) -> dict[str, str]:
-    """Map an encoder's conv (and norm) state-dict keys to ``vgg16().features`` / ``vgg16_bn().features`` keys.
-
-    Args:
-        encoder: A :class:`VGG16Backbone` or :class:`~seglab.models.segnet.SegNetEncoder` with
-            VGG16's 13 convs in ``stages``; with BatchNorm it maps to ``vgg16_bn``.
-
-    Returns:
-        ``{encoder key: features key}``, e.g. ``"stages.1.0.0.weight" -> "5.weight"``.
-    """
-    blocks = _conv_blocks(encoder)
-    if len(blocks) != len(VGG16_FEATURE_INDICES):
-        raise SeglabError(f"VGG16 weights need an encoder with 13 conv blocks; this one has {len(blocks)}.")
-    if _has_batch_norm(encoder):
-        return vgg16_bn_key_map(encoder)
-    return {
-        f"{prefix}.0.{name}": f"{index}.{name}"
-        for (prefix, block), index in zip(blocks, VGG16_FEATURE_INDICES)
-        for name in block[0].state_dict()
-    }
-
-
-def _has_batch_norm(encoder: nn.Module) -> bool:
-    return any(isinstance(m, nn.BatchNorm2d) for m in encoder.stages.modules())
-
-
-def _download_imagenet(batch_norm: bool) -> dict[str, Tensor]:
-    """torchvision's ImageNet VGG16(-BN) state dict, from the hub cache or the internet."""
-    from torchvision.models import VGG16_BN_Weights, VGG16_Weights  # lazy: importing torchvision is slow
-
-    weights = VGG16_BN_Weights.IMAGENET1K_V1 if batch_norm else VGG16_Weights.IMAGENET1K_V1
-    try:
-        return weights.get_state_dict(progress=True)
-    except Exception as e:  # noqa: BLE001  (URLError, HTTPError, SSL, hash check: all mean "no weights")
-        raise SeglabError(
-            f"ImageNet VGG16 weights could not be downloaded ({type(e).__name__}: {e}). If this machine is offline, "
-            f"save them elsewhere with {_how_to_save(batch_norm)} using weights='IMAGENET1K_V1' and pass that "
-            "file's local path as pretrained_backbone."
-        ) from e
-
-
-def read_vgg16_state(source: str | Path, *, batch_norm: bool = False) -> tuple[dict[str, Tensor], str]:
-    """Read a whole ``vgg16``/``vgg16_bn`` state dict (``features.*`` and ``classifier.*`` keys).
-
-    Args:
-        source: ``"imagenet"`` or a file path; a ``module.`` prefix (DataParallel) is dropped.
-        batch_norm: Which torchvision model ``"imagenet"`` means (and error messages name).
-
-    Returns:
-        The state dict and a description of the source for error messages.
-    """
-    if str(source) == "imagenet":
-        state, where = _download_imagenet(batch_norm), "torchvision ImageNet weights"
-    else:
-        state = read_state_dict_file(Path(source), "pretrained_backbone", _how_to_save(batch_norm))
-        where = f"file {str(source)!r}"
-    if any(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return dict(state), where
 
 
 def fc_weights_for(state: Mapping[str, Tensor], layer: str, conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
@@ -252,55 +284,37 @@ def fc_weights_for(state: Mapping[str, Tensor], layer: str, conv: nn.Conv2d) -> 
     return kernel.contiguous(), bias[::out_step].contiguous()
 
 
-def _check_compatible(state: Mapping[str, Tensor], wanted: Mapping[str, tuple[int, ...]], where: str,
-                      batch_norm: bool) -> None:
-    """Raise a :class:`SeglabError` listing missing keys and shape mismatches, if any."""
-    # BN's num_batches_tracked is bookkeeping that older checkpoints lack; never require it.
-    missing = [k for k in wanted if k not in state and not k.endswith("num_batches_tracked")]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {shape}" for k, shape in wanted.items()
-                  if k in state and tuple(state[k].shape) != shape]
-    if not missing and not mismatched:
-        return
-    problems = []
-    if missing:
-        more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
-        problems.append("missing keys: " + ", ".join(missing[:_MAX_LISTED]) + more)
-    if mismatched:
-        problems.append("shape mismatches: " + "; ".join(mismatched[:_MAX_LISTED]))
-    hint = " VGG16 weights need in_channels=3." if "features.0.weight" in "".join(mismatched) else ""
-    model = "vgg16_bn" if batch_norm else "vgg16"
-    raise SeglabError(f"The {where} is not a torchvision {model} state dict ({'; '.join(problems)}).{hint} "
-                      f"Save one with {_how_to_save(batch_norm)}.")
-
-
 def load_vgg16_weights(encoder: nn.Module, source: str | Path, *, fc: nn.Module | None = None) -> None:
     """Copy torchvision VGG16 (or VGG16-BN) weights into ``encoder`` and, if given, ``fc``, in place.
 
     Args:
-        encoder: Module with VGG16's 13 convs in ``stages`` (see :func:`vgg16_key_map`). With
-            BatchNorm it takes ``vgg16_bn`` weights (conv + BN), otherwise ``vgg16``.
-        source: ``"imagenet"`` or the path of a whole-model ``vgg16``/``vgg16_bn`` state dict.
-        fc: Module with ``fc6``/``fc7`` :class:`ConvNormAct` children (:func:`make_fc_layers`);
-            their convs get the reshaped (and, if smaller, decimated) classifier weights.
+        encoder: Module with VGG16's 13 convs in a :class:`VGGFeatures` named ``features``
+            (:class:`VGG16Backbone`, SegNet's encoder). With BatchNorm it takes ``vgg16_bn``
+            weights (conv + BN), otherwise ``vgg16``.
+        source: Anything :func:`seglab.models.weights.load_state_dict` reads (``"imagenet"``, a URL,
+            a file) holding a whole-model ``vgg16``/``vgg16_bn`` state dict or its ``features`` part.
+        fc: Module with ``fc6``/``fc7`` children (:func:`make_fc_layers`); their convs get the
+            reshaped (and, if smaller, decimated) classifier weights.
 
     Raises:
         SeglabError: Weights unavailable (offline), unreadable file, or a state dict of another model.
     """
-    batch_norm = _has_batch_norm(encoder)
-    key_map = vgg16_key_map(encoder)
-    state, where = read_vgg16_state(source, batch_norm=batch_norm)
-    target = encoder.state_dict()
-    wanted = {f"features.{src}": tuple(target[dst].shape) for dst, src in key_map.items()}
+    features = encoder.features
+    arch = "vgg16_bn" if any(isinstance(m, nn.BatchNorm2d) for m in features.modules()) else "vgg16"
+    state = strip_prefix(load_state_dict(source, what=arch, option="weights_backbone"), "module.")
+    if not any(k.startswith(("features.", "classifier.")) for k in state):  # a features-only dict
+        state = {f"features.{k}": v for k, v in state.items()}
+    wanted = {f"features.{k}": tuple(v.shape) for k, v in features.state_dict().items()}
     if fc is not None:
         # fc shapes are checked against VGG's own (the decimation adapts them afterwards).
         wanted |= {"classifier.0.weight": (4096, 512 * 7 * 7), "classifier.0.bias": (4096,),
                    "classifier.3.weight": (4096, 4096), "classifier.3.bias": (4096,)}
-    _check_compatible(state, wanted, where, batch_norm)
-    with torch.no_grad():
-        for dst, src in key_map.items():
-            if f"features.{src}" in state:
-                target[dst].copy_(state[f"features.{src}"])
-        if fc is not None:
+    check_state_dict(state, wanted, source=source, what=arch, option="weights_backbone", part="encoder",
+                     ignore=("classifier.",), hints={"features.0.weight": f"{arch} weights need in_channels=3."})
+    current = features.state_dict()
+    features.load_state_dict({k: state.get(f"features.{k}", v) for k, v in current.items()})
+    if fc is not None:
+        with torch.no_grad():
             for layer in _FC_SOURCES:
                 conv = getattr(fc, layer)[0]
                 weight, bias = fc_weights_for(state, layer, conv)

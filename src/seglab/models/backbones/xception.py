@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from seglab.core.errors import SeglabError
 from seglab.models.layers.atrous import SeparableConv2d, check_output_stride
-from seglab.models.layers.blocks import ConvNormAct, init_he
+from seglab.models.layers.blocks import conv_norm_act, init_he
 
 __all__ = ["XCEPTION65_BLOCKS", "Xception65", "XceptionBlock"]
 
@@ -73,7 +73,7 @@ class XceptionBlock(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.shortcut_type = shortcut
         self.shortcut = (
-            ConvNormAct(in_channels, widths[-1], 1, stride=stride, activation_layer=None)
+            conv_norm_act(in_channels, widths[-1], 1, stride=stride, activation_layer=None)
             if shortcut == "conv" else None
         )
         self.out_channels = widths[-1]
@@ -121,12 +121,14 @@ class Xception65(nn.Module):
     Attributes:
         low_channels: Channels of ``low`` (256).
         out_channels: Channels of ``out`` (2048).
+        feature_channels: ``[low_channels, out_channels]``, the returned maps in order.
+        feature_strides: ``[4, output_stride]``.
     """
 
     def __init__(self, in_channels: int = 3, output_stride: int = 16) -> None:
         super().__init__()
         self.output_stride = check_output_stride(output_stride)
-        self.stem = nn.Sequential(ConvNormAct(in_channels, 32, 3, stride=2), ConvNormAct(32, 64, 3))
+        self.stem = nn.Sequential(conv_norm_act(in_channels, 32, 3, stride=2), conv_norm_act(32, 64, 3))
         blocks, channels = [], 64
         for (_, widths, _, shortcut), (stride, dilation) in zip(XCEPTION65_BLOCKS, _block_strides(output_stride)):
             blocks.append(XceptionBlock(channels, widths, stride, dilation, shortcut))
@@ -137,6 +139,9 @@ class Xception65(nn.Module):
         self.exit_flow = nn.Sequential(*blocks[-2:])
         self.low_channels = XCEPTION65_BLOCKS[1][1][1]
         self.out_channels = channels
+        # The FeatureBackbone protocol (seglab.ops.contract), in the order of the returned dict.
+        self.feature_channels = [self.low_channels, self.out_channels]
+        self.feature_strides = [4, self.output_stride]
         init_he(self)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

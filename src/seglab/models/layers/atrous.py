@@ -1,6 +1,6 @@
 """Atrous (dilated) building blocks shared by DeepLabv3, DeepLabv3+ and Xception.
 
-* :func:`atrous_conv` - 3x3 dilated conv + BN + ReLU (a :class:`~seglab.models.blocks.ConvNormAct`).
+* :func:`atrous_conv` - 3x3 dilated conv + BN + ReLU (torchvision's ``Conv2dNormActivation``).
 * :class:`SeparableConv2d` - depthwise 3x3 (dilated) + BN + ReLU, then pointwise 1x1 + BN + ReLU,
   the MobileNet-style separable conv of DeepLabv3+ (Chen et al., ECCV 2018, arXiv:1802.02611,
   Sec. 3.2: "extra batch normalization and ReLU activation are added after each 3x3 depthwise
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seglab.core.errors import SeglabError
-from seglab.models.layers.blocks import ConvNormAct
+from seglab.models.layers.blocks import conv_norm_act
 
 __all__ = [
     "ASPP",
@@ -65,15 +65,15 @@ def aspp_rates(output_stride: int) -> tuple[int, ...]:
     return tuple(rate * 16 // output_stride for rate in BASE_ASPP_RATES)
 
 
-def atrous_conv(in_channels: int, out_channels: int, dilation: int = 1) -> ConvNormAct:
+def atrous_conv(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Sequential:
     """3x3 conv with ``dilation`` (padding = dilation, so the size is kept) + BN + ReLU."""
-    return ConvNormAct(in_channels, out_channels, 3, dilation=dilation)
+    return conv_norm_act(in_channels, out_channels, 3, dilation=dilation)
 
 
 class SeparableConv2d(nn.Sequential):
     """Depthwise-separable conv: ``dw kxk (dilated) -> BN [-> ReLU] -> pw 1x1 -> BN -> ReLU``.
 
-    Children: ``depthwise`` and ``pointwise`` (both :class:`ConvNormAct`). No conv has a bias,
+    Children: ``depthwise`` and ``pointwise`` (both torchvision ``Conv2dNormActivation``). No conv has a bias,
     since each is followed by BN. Parameters (default arguments):
     ``k*k*in + 2*in + in*out + 2*out`` (see :func:`separable_conv_params`).
 
@@ -96,11 +96,11 @@ class SeparableConv2d(nn.Sequential):
         relu_after_depthwise: bool = True,
     ) -> None:
         super().__init__()
-        self.depthwise = ConvNormAct(
+        self.depthwise = conv_norm_act(
             in_channels, in_channels, kernel_size, stride=stride, dilation=dilation, groups=in_channels,
             activation_layer=nn.ReLU if relu_after_depthwise else None,
         )
-        self.pointwise = ConvNormAct(in_channels, out_channels, 1)
+        self.pointwise = conv_norm_act(in_channels, out_channels, 1)
         self.out_channels = out_channels
 
 
@@ -124,7 +124,7 @@ class ASPPPooling(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = ConvNormAct(in_channels, out_channels, 1, norm_layer=None)  # bias, since no norm
+        self.conv = conv_norm_act(in_channels, out_channels, 1, norm_layer=None)  # bias, since no norm
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = self.conv(F.adaptive_avg_pool2d(x, 1))
@@ -158,7 +158,7 @@ class ASPP(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        branches: list[nn.Module] = [ConvNormAct(in_channels, out_channels, 1)]
+        branches: list[nn.Module] = [conv_norm_act(in_channels, out_channels, 1)]
         for rate in rates:
             if separable:
                 branches.append(SeparableConv2d(in_channels, out_channels, dilation=rate))
@@ -166,7 +166,7 @@ class ASPP(nn.Module):
                 branches.append(atrous_conv(in_channels, out_channels, rate))
         branches.append(ASPPPooling(in_channels, out_channels))
         self.branches = nn.ModuleList(branches)
-        self.project = ConvNormAct(len(branches) * out_channels, out_channels, 1)
+        self.project = conv_norm_act(len(branches) * out_channels, out_channels, 1)
         self.dropout = nn.Dropout(dropout)
         self.rates = tuple(rates)
         self.out_channels = out_channels

@@ -2,12 +2,12 @@
 
 What lives here:
 
-* :class:`ConvNormAct` - conv, optional norm, optional activation, with the layer factories
-  passed as callables (the torchvision ``Conv2dNormActivation`` pattern).
+* :func:`conv_norm_act` - conv, optional norm, optional activation: torchvision's
+  ``Conv2dNormActivation``, imported lazily.
 * :func:`max_pool_2x2` / :func:`max_unpool_2x2` - SegNet's pooling pair. All index-based unpooling
   goes through :func:`max_unpool_2x2`. Indices come in one of :data:`INDEX_FORMATS`: PyTorch's
   int64 flat indices, or SegNet's 2-bit window codes (``uint8``, or ``packed`` four per byte,
-  see :mod:`seglab.models.compact_pool`); the unpooling tells them apart by dtype, so decoders
+  see :mod:`seglab.models.layers.compact_pool`); the unpooling tells them apart by dtype, so decoders
   do not care which one the encoder recorded. :func:`set_index_format` converts a built model.
 * Upsampling modules sharing one call signature ``up(x, indices, output_size)`` so a decoder can
   swap max-unpooling for interpolation or a learnt transposed conv without changing its code;
@@ -20,7 +20,8 @@ what lets models work at any input size, e.g. 360x480, which is not a multiple o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +35,11 @@ __all__ = [
     "UPSAMPLE_MODES",
     "BilinearConvTranspose2d",
     "BilinearUp2d",
-    "ConvNormAct",
     "MaxUnpool2d",
     "NearestUp2d",
     "bilinear_kernel",
     "check_index_format",
+    "conv_norm_act",
     "check_upsample_mode",
     "init_he",
     "make_upsample",
@@ -55,51 +56,18 @@ UPSAMPLE_MODES: tuple[str, ...] = ("indices", "nearest", "bilinear", "transposed
 INDEX_FORMATS: tuple[str, ...] = ("int64", "uint8", "packed")
 
 
-class ConvNormAct(nn.Sequential):
-    """``Conv2d -> norm -> activation`` as one ``nn.Sequential`` (children ``0``, ``1``, ``2``).
+def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 3, **kwargs: Any) -> nn.Sequential:
+    """torchvision's ``Conv2dNormActivation``: ``Conv2d -> norm -> activation``, children ``0``, ``1``, ``2``.
 
-    Args:
-        in_channels: Input channels.
-        out_channels: Output channels.
-        kernel_size: Square kernel size.
-        stride: Convolution stride.
-        padding: Padding; ``None`` keeps the spatial size ("same" for odd kernels and stride 1).
-        dilation: Convolution dilation.
-        groups: Convolution groups.
-        bias: Whether the conv has a bias; ``None`` means "only when there is no norm layer",
-            since a norm layer's shift makes a conv bias redundant.
-        norm_layer: Factory called with ``out_channels``; ``None`` for no normalisation.
-        activation_layer: Factory for the activation; ``None`` for no activation.
-        inplace: ``inplace`` argument given to the activation factory; ``None`` passes nothing.
+    Keyword arguments are torchvision's (``stride``, ``padding`` (``None``: "same" for odd kernels),
+    ``dilation``, ``groups``, ``bias`` (``None``: only without a norm layer), ``norm_layer``
+    (default ``BatchNorm2d``; ``None`` for none), ``activation_layer`` (default ``ReLU``),
+    ``inplace``). torchvision is imported on the first call, not when seglab's models are
+    imported: importing it costs more than a second at every command-line start.
     """
+    from torchvision.ops.misc import Conv2dNormActivation
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        padding: int | None = None,
-        dilation: int = 1,
-        groups: int = 1,
-        bias: bool | None = None,
-        norm_layer: Callable[..., nn.Module] | None = nn.BatchNorm2d,
-        activation_layer: Callable[..., nn.Module] | None = nn.ReLU,
-        inplace: bool | None = True,
-    ) -> None:
-        if padding is None:
-            padding = (kernel_size - 1) // 2 * dilation
-        if bias is None:
-            bias = norm_layer is None
-        layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias)
-        ]
-        if norm_layer is not None:
-            layers.append(norm_layer(out_channels))
-        if activation_layer is not None:
-            layers.append(activation_layer() if inplace is None else activation_layer(inplace=inplace))
-        super().__init__(*layers)
-        self.out_channels = out_channels
+    return Conv2dNormActivation(in_channels, out_channels, kernel_size, **kwargs)
 
 
 def check_index_format(index_format: str) -> str:

@@ -3,7 +3,7 @@
 In eval mode BatchNorm is a fixed per-channel affine map ``y = s * (x - mean) + beta`` with
 ``s = gamma / sqrt(running_var + eps)``, so a conv followed by it equals one conv with its weight
 scaled by ``s`` along the output-channel axis and bias ``(b - mean) * s + beta``. Folding removes
-one full read and write of every activation per layer. Used by :mod:`seglab.fastpath`.
+one full read and write of every activation per layer. Used by :mod:`seglab.inference.fastpath`.
 
 Example:
     >>> block = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).eval()

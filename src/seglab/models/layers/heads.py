@@ -3,7 +3,7 @@
 FCN (Long, Shelhamer & Darrell, CVPR 2015, arXiv:1411.4038, Sec. 3.3) upsamples class scores with
 transposed convolutions ("deconvolution") initialised to bilinear interpolation and lets them
 learn; FCN-Basic (SegNet TPAMI 2017, Sec. 3.1) does the same with 8x8 kernels. Unlike the
-depthwise :class:`seglab.models.blocks.BilinearConvTranspose2d` (padding 1, crop at the end), the
+depthwise :class:`seglab.models.layers.blocks.BilinearConvTranspose2d` (padding 1, crop at the end), the
 FCN layers here are full ``channels -> channels`` filters, as in the Caffe models: the bilinear
 kernel sits on the channel diagonal and the off-diagonal weights start at zero, so classes do not
 mix at initialisation but may learn to.
@@ -37,7 +37,7 @@ def bilinear_conv_transpose(
 ) -> nn.ConvTranspose2d:
     """A ``channels -> channels`` transposed conv with stride ``factor`` that starts as bilinear upsampling.
 
-    The ``2 * factor`` bilinear kernel of :func:`~seglab.models.blocks.bilinear_kernel` is placed
+    The ``2 * factor`` bilinear kernel of :func:`~seglab.models.layers.blocks.bilinear_kernel` is placed
     at the centre of a ``kernel_size`` kernel (zeros around it), on the channel diagonal. With
     ``kernel_size = 2 * factor`` and ``padding = 0`` this is Caffe FCN's ``upscore`` layer, whose
     output is ``factor * (n + 1)`` long and shifted by ``factor / 2`` pixels against

@@ -21,10 +21,13 @@ from seglab.models.semantic.segnet import build_segnet, build_segnet_basic
 __all__ = ["bayesian_segnet", "bayesian_segnet_basic"]
 
 
-def bayesian_segnet(num_classes: int, *, in_channels: int = 3, pretrained_encoder: str | None = None,
+def bayesian_segnet(num_classes: int, *, in_channels: int = 3, weights_backbone: str | None = None,
                     upsample: str = "indices", dropout: float = 0.5, **kw: Any) -> nn.Module:
-    """SegNet with dropout after encoder stages 3-5 and decoder stages 5-3 (deepest first)."""
-    return build_segnet(num_classes, in_channels=in_channels, pretrained_encoder=pretrained_encoder,
+    """SegNet with dropout after encoder stages 3-5 and decoder stages 5-3 (deepest first).
+
+    ``weights_backbone`` and the other options are :func:`~seglab.models.semantic.segnet.segnet`'s.
+    """
+    return build_segnet(num_classes, in_channels=in_channels, weights_backbone=weights_backbone,
                         upsample=upsample, dropout=dropout, encoder_dropout=(2, 3, 4), decoder_dropout=(0, 1, 2), **kw)
 
 

@@ -1,7 +1,7 @@
 """DeconvNet (Noh, Hong & Han, "Learning Deconvolution Network for Semantic Segmentation", ICCV 2015).
 
 arXiv:1505.04366. Encoder: VGG16's 13 convs with BatchNorm and 2x2 max-pools that record their
-argmax positions (exactly SegNet's encoder, reused from :mod:`seglab.models.segnet`), then ``fc6``
+argmax positions (exactly SegNet's encoder, reused from :mod:`seglab.models.semantic.segnet`), then ``fc6``
 (7x7 conv, 4096) and ``fc7`` (1x1, 4096). Decoder: ``deconv-fc6`` (7x7 transposed conv back to
 512 channels), then per VGG stage, deepest first, max-unpooling with the encoder's indices and
 3x3 stride-1 transposed convs mirroring the encoder's convs; every conv and deconv is followed by
@@ -23,7 +23,7 @@ Parameters for K=21: 251,805,653 (the paper: "252M"), of which fc6, fc7 and deco
 
 Example:
     >>> import torch
-    >>> from seglab.registry import create_model
+    >>> from seglab.models.registry import create_model
     >>> model = create_model("deconvnet", num_classes=21).eval()
     >>> model(torch.zeros(1, 3, 33, 47)).shape
     torch.Size([1, 21, 33, 47])
@@ -36,10 +36,9 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seglab.models.backbones.vgg import VGG16_STAGES, load_vgg16_weights, make_fc_layers
 from seglab.models.layers.blocks import init_he, max_unpool_2x2
-from seglab.models.backbones.vgg import VGG16_STAGES
 from seglab.models.semantic.segnet import PoolSizes, SegNetEncoder
-from seglab.models.backbones.vgg import load_vgg16_weights, make_fc_layers
 
 __all__ = ["DECONVNET_DECODER_STAGES", "DeconvNet", "DeconvNetDecoder", "DeconvNetEncoder", "deconvnet", "fc_padding"]
 
@@ -161,7 +160,7 @@ def deconvnet(
     num_classes: int,
     *,
     in_channels: int = 3,
-    pretrained_backbone: str | None = None,
+    weights_backbone: str | None = None,
     dropout: float = 0.0,
 ) -> nn.Module:
     """DeconvNet with a VGG16-BN encoder and a mirrored deconvolution decoder.
@@ -169,7 +168,7 @@ def deconvnet(
     Args:
         num_classes: Number of output classes K.
         in_channels: Image channels (3 for pretrained weights).
-        pretrained_backbone: ``"imagenet"`` (torchvision ``VGG16_BN_Weights.IMAGENET1K_V1``) or
+        weights_backbone: ``"imagenet"`` (torchvision ``VGG16_BN_Weights.IMAGENET1K_V1``) or
             the path of a ``torchvision.models.vgg16_bn().state_dict()`` file: the 13 convs and
             their BatchNorms load directly and ``fc6``/``fc7`` from ``classifier.0``/``classifier.3``
             reshaped (their BatchNorms start at identity). ``None``: He init.
@@ -183,6 +182,6 @@ def deconvnet(
     model = DeconvNet(encoder, decoder, nn.Conv2d(decoder.out_channels, num_classes, 1))
     init_he(model)
     _init_he_transposed(model)
-    if pretrained_backbone is not None:
-        load_vgg16_weights(model.encoder, pretrained_backbone, fc=model.encoder.fc)
+    if weights_backbone is not None:
+        load_vgg16_weights(model.encoder, weights_backbone, fc=model.encoder.fc)
     return model

@@ -20,13 +20,13 @@ alignment.
 Parameters for K=21: 20,505,429 (paper: "20.5M") = VGG16 convs 14,714,688 + fc6 4,719,616 +
 fc7 1,049,600 + fc8 21,525.
 
-``pretrained_backbone`` loads torchvision VGG16's 13 convs and initialises ``fc6``/``fc7`` by
+``weights_backbone`` loads torchvision VGG16's 13 convs and initialises ``fc6``/``fc7`` by
 decimating VGG's fc layers as the paper does (every 4th filter, 7x7 taps subsampled to 3x3 at
-0, 3, 6; :func:`seglab.models.vgg.fc_weights_for`).
+0, 3, 6; :func:`seglab.models.backbones.vgg.fc_weights_for`).
 
 Example:
     >>> import torch
-    >>> from seglab.registry import create_model
+    >>> from seglab.models.registry import create_model
     >>> model = create_model("deeplab_largefov", num_classes=21).eval()
     >>> model(torch.zeros(1, 3, 33, 47)).shape
     torch.Size([1, 21, 33, 47])
@@ -39,9 +39,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seglab.models.backbones.vgg import VGG16_STAGES, VGG16Backbone, load_vgg16_weights, make_fc_layers
 from seglab.models.layers.blocks import init_he
-from seglab.models.backbones.vgg import VGG16_STAGES
-from seglab.models.backbones.vgg import VGG16Backbone, load_vgg16_weights, make_fc_layers
 
 __all__ = ["DeepLabLargeFOV", "DeepLabV1Head", "deeplab_largefov", "deeplab_v1_backbone"]
 
@@ -105,7 +104,7 @@ def deeplab_largefov(
     num_classes: int,
     *,
     in_channels: int = 3,
-    pretrained_backbone: str | None = None,
+    weights_backbone: str | None = None,
     dropout: float = 0.5,
 ) -> nn.Module:
     """DeepLab-LargeFOV (v1, no CRF), about 20.5 M parameters for 21 classes.
@@ -113,7 +112,7 @@ def deeplab_largefov(
     Args:
         num_classes: Number of output classes K.
         in_channels: Image channels (3 for pretrained weights).
-        pretrained_backbone: ``"imagenet"`` (torchvision ``VGG16_Weights.IMAGENET1K_V1``) or the
+        weights_backbone: ``"imagenet"`` (torchvision ``VGG16_Weights.IMAGENET1K_V1``), a URL or the
             path of a ``torchvision.models.vgg16().state_dict()`` file; ``None``: He init.
         dropout: Dropout after ``fc6`` and ``fc7``.
 
@@ -123,6 +122,6 @@ def deeplab_largefov(
     encoder = deeplab_v1_backbone(in_channels, dropout)
     model = DeepLabLargeFOV(encoder, DeepLabV1Head(encoder.out_channels, num_classes))
     init_he(model)
-    if pretrained_backbone is not None:
-        load_vgg16_weights(model.encoder, pretrained_backbone, fc=model.encoder.fc)
+    if weights_backbone is not None:
+        load_vgg16_weights(model.encoder, weights_backbone, fc=model.encoder.fc)
     return model

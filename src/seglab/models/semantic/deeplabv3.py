@@ -1,7 +1,7 @@
 """DeepLabv3 and DeepLabv3+ (Chen et al., arXiv:1706.05587 and ECCV 2018, arXiv:1802.02611).
 
 * DeepLabv3: an atrous ResNet (torchvision ``resnet50/101`` with ``replace_stride_with_dilation``)
-  -> :class:`~seglab.models.atrous.ASPP` -> 3x3 conv + BN + ReLU -> 1x1 classifier, bilinearly
+  -> :class:`~seglab.models.layers.atrous.ASPP` -> 3x3 conv + BN + ReLU -> 1x1 classifier, bilinearly
   upsampled to the input size (the torchvision ``DeepLabHead`` layout).
 * DeepLabv3+: the same ASPP on the deepest features, plus a decoder that reduces the stride-4
   features to 48 channels, concatenates them with the upsampled ASPP output, refines with two 3x3
@@ -12,7 +12,7 @@ Every model is a :class:`DeepLab` whose ``encoder`` returns a dict of features (
 
 Example:
     >>> import torch
-    >>> from seglab.registry import create_model
+    >>> from seglab.models.registry import create_model
     >>> model = create_model("deeplabv3_resnet50", num_classes=11, output_stride=8).eval()
     >>> model(torch.zeros(1, 3, 33, 47)).shape
     torch.Size([1, 11, 33, 47])
@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seglab.core.errors import SeglabError
-from seglab.models.layers.atrous import ASPP, SeparableConv2d, aspp_rates, atrous_conv, check_output_stride
-from seglab.models.layers.blocks import ConvNormAct, init_he
 from seglab.models.backbones.xception import Xception65
+from seglab.models.layers.atrous import ASPP, SeparableConv2d, aspp_rates, atrous_conv, check_output_stride
+from seglab.models.layers.blocks import conv_norm_act, init_he
+from seglab.models.weights import check_state_dict, load_state_dict, strip_prefix
 
 __all__ = [
     "DeepLab",
@@ -40,7 +40,7 @@ __all__ = [
     "deeplabv3_resnet50",
     "deeplabv3plus_resnet50",
     "deeplabv3plus_xception65",
-    "load_resnet_backbone",
+    "load_resnet_weights",
     "resnet_backbone",
 ]
 
@@ -81,7 +81,7 @@ class DeepLabV3Head(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, rates: tuple[int, ...], dropout: float = 0.1) -> None:
         super().__init__()
         self.aspp = ASPP(in_channels, 256, rates, dropout=dropout)
-        self.conv = ConvNormAct(256, 256, 3)
+        self.conv = conv_norm_act(256, 256, 3)
         self.classifier = nn.Conv2d(256, num_classes, 1)
 
     def forward(self, features: Features) -> Tensor:
@@ -106,7 +106,7 @@ class DeepLabV3PlusHead(nn.Module):
         conv3x3: Callable[[int, int], nn.Module] = SeparableConv2d if separable else atrous_conv
         self.aspp = ASPP(in_channels, 256, rates, separable=separable, dropout=dropout)
         # 48 channels keep the low-level features from outweighing the 256 ASPP ones (paper Table 1).
-        self.reduce = ConvNormAct(low_channels, 48, 1)
+        self.reduce = conv_norm_act(low_channels, 48, 1)
         self.fuse = nn.Sequential(conv3x3(256 + 48, 256), conv3x3(256, 256))
         self.classifier = nn.Conv2d(256, num_classes, 1)
 
@@ -118,7 +118,9 @@ class DeepLabV3PlusHead(nn.Module):
 
 
 def resnet_backbone(depth: int, output_stride: int, in_channels: int = 3, low_level: bool = False) -> nn.Module:
-    """An atrous torchvision ResNet returning ``{"out": layer4[, "low": layer1]}``.
+    """An atrous torchvision ResNet returning ``{["low": layer1, ]"out": layer4}``.
+
+    Its ``feature_channels`` / ``feature_strides`` describe the returned maps in order.
 
     Args:
         depth: 50 or 101.
@@ -136,75 +138,41 @@ def resnet_backbone(depth: int, output_stride: int, in_channels: int = 3, low_le
         resnet.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(resnet.conv1.weight, mode="fan_out", nonlinearity="relu")
     return_layers = {"layer1": "low", "layer4": "out"} if low_level else {"layer4": "out"}
-    return IntermediateLayerGetter(resnet, return_layers=return_layers)
+    backbone = IntermediateLayerGetter(resnet, return_layers=return_layers)
+    # The FeatureBackbone protocol (seglab.ops.contract), in the order of the returned dict.
+    backbone.feature_channels = [256, 2048] if low_level else [2048]
+    backbone.feature_strides = [4, output_stride] if low_level else [output_stride]
+    return backbone
 
 
-def _how_to_save(depth: int) -> str:
-    return f"torch.save(torchvision.models.resnet{depth}(weights='IMAGENET1K_V1').state_dict(), path)"
-
-
-def _read_resnet_state(source: str | Path, depth: int) -> dict[str, Tensor]:
-    """A torchvision ResNet state dict from ``"imagenet"`` or a file, with ``fc.*`` dropped."""
-    if str(source) == "imagenet":
-        import torchvision
-
-        weights = {50: torchvision.models.ResNet50_Weights, 101: torchvision.models.ResNet101_Weights}[depth]
-        try:
-            state = weights.IMAGENET1K_V1.get_state_dict(progress=True)
-        except Exception as e:  # noqa: BLE001  (URLError, SSL, hash mismatch: all mean "no weights")
-            raise SeglabError(
-                f"ImageNet ResNet-{depth} weights could not be downloaded ({type(e).__name__}: {e}). If this machine "
-                f"is offline, save them on another one with {_how_to_save(depth)} and pass that file's path as "
-                "pretrained_backbone."
-            ) from e
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise SeglabError(f"pretrained_backbone {str(source)!r} is neither 'imagenet' nor an existing file. "
-                              f"Write one with {_how_to_save(depth)}.")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001  (pickle, zip and torch errors alike mean "unreadable")
-            raise SeglabError(f"Could not read pretrained_backbone file {str(path)!r}: {e}") from e
-        if not isinstance(state, Mapping):
-            raise SeglabError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict.")
-    # DataParallel checkpoints prefix "module."; torchvision segmentation models prefix "backbone.".
-    for prefix in ("module.", "backbone."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return {k: v for k, v in state.items() if not k.startswith("fc.")}
-
-
-def load_resnet_backbone(encoder: nn.Module, source: str | Path, depth: int) -> None:
+def load_resnet_weights(encoder: nn.Module, source: str | Path, depth: int) -> None:
     """Copy torchvision ResNet weights into a :func:`resnet_backbone`, in place.
 
     Dilation does not change any weight shape, so ImageNet weights load at every output stride.
 
     Args:
         encoder: The backbone to fill.
-        source: ``"imagenet"`` (torchvision weights API) or the path of a ``resnet{depth}`` state dict.
+        source: ``"imagenet"`` (torchvision ``ResNet{depth}_Weights.IMAGENET1K_V1``), another
+            member name of that enum, a URL or the path of a ``resnet{depth}`` state dict (a
+            torchvision segmentation model's ``backbone.*`` keys work too); ``fc.*`` is ignored.
         depth: 50 or 101, to pick the ImageNet weights and phrase errors.
 
     Raises:
         SeglabError: Weights unavailable (offline), unreadable file, or a state dict of another network.
     """
-    state = _read_resnet_state(source, depth)
+    what = f"resnet{depth}"
+    state = load_state_dict(source, what=what, option="weights_backbone")
+    # DataParallel checkpoints prefix "module."; torchvision segmentation models prefix "backbone.".
+    state = strip_prefix(strip_prefix(state, "module."), "backbone.")
     target = encoder.state_dict()
-    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}"
-                  for k in target if k in state and state[k].shape != target[k].shape]
-    unexpected = [k for k in state if k not in target]
-    if missing or mismatched or unexpected:
-        details = "; ".join(f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                            for what, keys in (("missing", missing), ("shape mismatch", mismatched),
-                                               ("unexpected", unexpected)) if keys)
-        raise SeglabError(f"pretrained_backbone {str(source)!r} is not a torchvision resnet{depth} state dict "
-                          f"({details}). Write one with {_how_to_save(depth)}.")
+    check_state_dict(state, {k: tuple(v.shape) for k, v in target.items()}, source=source, what=what,
+                     option="weights_backbone", part="encoder", ignore=("fc.",),
+                     hints={"conv1.weight": f"{what} weights need in_channels=3."})
     encoder.load_state_dict({k: state.get(k, v) for k, v in target.items()})
 
 
 def _deeplab_resnet(depth: int, num_classes: int, plus: bool, in_channels: int, output_stride: int,
-                    pretrained_backbone: str | None, dropout: float) -> DeepLab:
+                    weights_backbone: str | None, dropout: float) -> DeepLab:
     """Assemble a ResNet DeepLabv3 (``plus=False``) or DeepLabv3+ model."""
     encoder = resnet_backbone(depth, output_stride, in_channels, low_level=plus)
     rates = aspp_rates(output_stride)
@@ -213,13 +181,13 @@ def _deeplab_resnet(depth: int, num_classes: int, plus: bool, in_channels: int, 
     else:
         decoder = DeepLabV3Head(2048, num_classes, rates, dropout)
     init_he(decoder)
-    if pretrained_backbone is not None:
-        load_resnet_backbone(encoder, pretrained_backbone, depth)
+    if weights_backbone is not None:
+        load_resnet_weights(encoder, weights_backbone, depth)
     return DeepLab(encoder, decoder)
 
 
 def deeplabv3_resnet50(num_classes: int, *, in_channels: int = 3, output_stride: int = 16,
-                       pretrained_backbone: str | None = None, dropout: float = 0.1) -> nn.Module:
+                       weights_backbone: str | None = None, dropout: float = 0.1) -> nn.Module:
     """DeepLabv3 with an atrous ResNet-50.
 
     Parameters for K=21: 39,638,613 = torchvision ``deeplabv3_resnet50(aux_loss=False)``'s
@@ -230,32 +198,33 @@ def deeplabv3_resnet50(num_classes: int, *, in_channels: int = 3, output_stride:
         num_classes: Number of classes K.
         in_channels: Image channels.
         output_stride: 8, 16 (default) or 32; ASPP rates follow (12/24/36, 6/12/18, 3/6/9).
-        pretrained_backbone: ``"imagenet"`` or the path of a ``torchvision.models.resnet50`` state
-            dict; ``None`` keeps torchvision's random initialisation.
+        weights_backbone: ``"imagenet"`` (torchvision ``ResNet50_Weights.IMAGENET1K_V1``), a URL or
+            the path of a ``torchvision.models.resnet50`` state dict (see :func:`load_resnet_weights`);
+            ``None`` keeps torchvision's random initialisation, without any download.
         dropout: ASPP dropout (0.1 as in the TF code; torchvision uses 0.5).
     """
-    return _deeplab_resnet(50, num_classes, False, in_channels, output_stride, pretrained_backbone, dropout)
+    return _deeplab_resnet(50, num_classes, False, in_channels, output_stride, weights_backbone, dropout)
 
 
 def deeplabv3_resnet101(num_classes: int, *, in_channels: int = 3, output_stride: int = 16,
-                        pretrained_backbone: str | None = None, dropout: float = 0.1) -> nn.Module:
+                        weights_backbone: str | None = None, dropout: float = 0.1) -> nn.Module:
     """DeepLabv3 with an atrous ResNet-101 (the paper's network).
 
     Parameters for K=21: 58,630,741 (torchvision without aux 58,630,997, minus 256; see
     :func:`deeplabv3_resnet50`). Options as for :func:`deeplabv3_resnet50`, with ``resnet101`` weights.
     """
-    return _deeplab_resnet(101, num_classes, False, in_channels, output_stride, pretrained_backbone, dropout)
+    return _deeplab_resnet(101, num_classes, False, in_channels, output_stride, weights_backbone, dropout)
 
 
 def deeplabv3plus_resnet50(num_classes: int, *, in_channels: int = 3, output_stride: int = 16,
-                           pretrained_backbone: str | None = None, dropout: float = 0.1) -> nn.Module:
+                           weights_backbone: str | None = None, dropout: float = 0.1) -> nn.Module:
     """DeepLabv3+ with an atrous ResNet-50; low-level features from ``layer1`` (256 ch, stride 4).
 
     The 3x3 head conv of DeepLabv3 is replaced by the decoder. Options as for
     :func:`deeplabv3_resnet50`. Parameters for K=21: 40,351,925 (backbone 23,508,032, ASPP +
     decoder + classifier 16,843,893).
     """
-    return _deeplab_resnet(50, num_classes, True, in_channels, output_stride, pretrained_backbone, dropout)
+    return _deeplab_resnet(50, num_classes, True, in_channels, output_stride, weights_backbone, dropout)
 
 
 def deeplabv3plus_xception65(num_classes: int, *, in_channels: int = 3, output_stride: int = 16,

@@ -25,7 +25,7 @@ He-initialised like the rest (the paper zeroes it too, but only on top of a pret
 
 Example:
     >>> import torch
-    >>> from seglab.registry import create_model
+    >>> from seglab.models.registry import create_model
     >>> model = create_model("fcn8s", num_classes=21).eval()
     >>> model(torch.zeros(1, 3, 33, 47)).shape
     torch.Size([1, 21, 33, 47])
@@ -37,10 +37,9 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
+from seglab.models.backbones.vgg import VGG16_STAGES, VGG16Backbone, load_vgg16_weights, make_fc_layers
 from seglab.models.layers.blocks import init_he
 from seglab.models.layers.heads import bilinear_conv_transpose, crop_to, zero_init_
-from seglab.models.backbones.vgg import VGG16_STAGES
-from seglab.models.backbones.vgg import VGG16Backbone, load_vgg16_weights, make_fc_layers
 
 __all__ = ["FCN", "FCNHead", "FCN_INPUT_PADDING", "FCN_SKIPS", "fcn_backbone", "fcn8s", "fcn16s", "fcn32s"]
 
@@ -129,13 +128,13 @@ def _build_fcn(
     num_classes: int,
     stride: int,
     in_channels: int,
-    pretrained_backbone: str | None,
+    weights_backbone: str | None,
     learnable_upsampling: bool,
     dropout: float,
 ) -> FCN:
     encoder = fcn_backbone(in_channels, dropout=dropout)
-    if pretrained_backbone is not None:
-        load_vgg16_weights(encoder, pretrained_backbone, fc=encoder.fc)
+    if weights_backbone is not None:
+        load_vgg16_weights(encoder, weights_backbone, fc=encoder.fc)
     return FCN(encoder, FCNHead(encoder.feature_channels, num_classes, stride, learnable_upsampling))
 
 
@@ -143,9 +142,9 @@ _ARGS_DOC = """
     Args:
         num_classes: Number of output classes K.
         in_channels: Image channels (3 for pretrained weights).
-        pretrained_backbone: ``"imagenet"`` (torchvision ``VGG16_Weights.IMAGENET1K_V1``; needs
-            the internet or the torch hub cache) or the path of a
-            ``torchvision.models.vgg16().state_dict()`` file: convs load directly, ``fc6``/``fc7``
+        weights_backbone: ``"imagenet"`` (torchvision ``VGG16_Weights.IMAGENET1K_V1``, downloaded once
+            into the cache), a URL or the path of a ``torchvision.models.vgg16().state_dict()`` file
+            (see :func:`seglab.models.weights.load_state_dict`): convs load by key, ``fc6``/``fc7``
             from ``classifier.0``/``classifier.3`` reshaped to 7x7 and 1x1 kernels. ``None``: He init.
         learnable_upsampling: ``True`` learns the bilinear-initialised deconvolutions (SegNet
             paper's "FCN (learnt deconv)"); ``False`` freezes them ("fixed bilinear").
@@ -163,25 +162,25 @@ def _with_args_doc(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 @_with_args_doc
-def fcn32s(num_classes: int, *, in_channels: int = 3, pretrained_backbone: str | None = None,
+def fcn32s(num_classes: int, *, in_channels: int = 3, weights_backbone: str | None = None,
            learnable_upsampling: bool = True, dropout: float = 0.5) -> nn.Module:
     """FCN-32s: ``score_fr`` upsampled 32x by a 64x64 deconvolution (136,152,917 parameters for K=21)."""
-    return _build_fcn(num_classes, 32, in_channels, pretrained_backbone, learnable_upsampling, dropout)
+    return _build_fcn(num_classes, 32, in_channels, weights_backbone, learnable_upsampling, dropout)
 
 
 @_with_args_doc
-def fcn16s(num_classes: int, *, in_channels: int = 3, pretrained_backbone: str | None = None,
+def fcn16s(num_classes: int, *, in_channels: int = 3, weights_backbone: str | None = None,
            learnable_upsampling: bool = True, dropout: float = 0.5) -> nn.Module:
     """FCN-16s: 2x upsampled scores + ``score_pool4``, then a 32x32 stride-16 deconvolution (134,815,994 for K=21)."""
-    return _build_fcn(num_classes, 16, in_channels, pretrained_backbone, learnable_upsampling, dropout)
+    return _build_fcn(num_classes, 16, in_channels, weights_backbone, learnable_upsampling, dropout)
 
 
 @_with_args_doc
-def fcn8s(num_classes: int, *, in_channels: int = 3, pretrained_backbone: str | None = None,
+def fcn8s(num_classes: int, *, in_channels: int = 3, weights_backbone: str | None = None,
           learnable_upsampling: bool = True, dropout: float = 0.5) -> nn.Module:
     """FCN-8s: as FCN-16s, then 2x + ``score_pool3`` and a 16x16 stride-8 deconvolution.
 
     134,489,759 parameters for K=21: the paper's "134M" of FCN-VGG16 (Table 1) is the converted
     VGG16 up to ``score_fr`` (134,346,581); the two skip scores add 16,170 and the three
     21x21-channel deconvolutions 127,008."""
-    return _build_fcn(num_classes, 8, in_channels, pretrained_backbone, learnable_upsampling, dropout)
+    return _build_fcn(num_classes, 8, in_channels, weights_backbone, learnable_upsampling, dropout)

@@ -20,7 +20,7 @@ four 1x1 reductions 2,860 + four 11x11x8x8 deconvolutions 30,976.
 
 Example:
     >>> import torch
-    >>> from seglab.registry import create_model
+    >>> from seglab.models.registry import create_model
     >>> model = create_model("fcn_basic", num_classes=11).eval()
     >>> model(torch.zeros(1, 3, 45, 61)).shape
     torch.Size([1, 11, 45, 61])
@@ -55,8 +55,8 @@ class PyramidSegNetEncoder(SegNetEncoder):
         features: list[Tensor] = []
         sizes: PoolSizes = []
         # Same steps as SegNetEncoder.forward (conv stage, pool, the stage's optional dropout).
-        for stage, dropout in zip(self.stages, self.dropouts):
-            x = stage(x)
+        for s, dropout in enumerate(self.dropouts):
+            x = self.features.run_stage(x, s)
             sizes.append((x.shape[-2], x.shape[-1]))
             x = dropout(self.pool(x)[0] if self.return_indices else self.pool(x))
             features.append(x)

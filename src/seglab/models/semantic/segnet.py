@@ -9,11 +9,11 @@ upsampling step is told the exact pre-pool size, so 360x480 CamVid frames need n
 
 The builders store the pooling indices as :data:`DEFAULT_INDEX_FORMAT` unless ``index_format``
 says otherwise: int64 flat indices, or the paper's 2-bit window codes (``uint8``: 8x less
-memory, ``packed``: 32x); outputs are identical (:mod:`seglab.models.compact_pool`).
+memory, ``packed``: 32x); outputs are identical (:mod:`seglab.models.layers.compact_pool`).
 
 Example:
     >>> import torch
-    >>> from seglab.registry import create_model
+    >>> from seglab.models.registry import create_model
     >>> model = create_model("segnet", num_classes=11)
     >>> model(torch.zeros(1, 3, 45, 61)).shape
     torch.Size([1, 11, 45, 61])
@@ -26,11 +26,15 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from seglab.models.backbones.vgg import VGG16_STAGES
+from seglab.models.backbones.vgg import VGG16_STAGES, LegacyStageKeys, VGGFeatures, load_vgg16_weights
 from seglab.models.layers.blocks import (
-    ConvNormAct, init_he, make_upsample, max_pool_2x2, set_index_format, upsample_uses_indices
+    conv_norm_act,
+    init_he,
+    make_upsample,
+    max_pool_2x2,
+    set_index_format,
+    upsample_uses_indices,
 )
-from seglab.models.weights import load_vgg16_bn_encoder
 
 __all__ = [
     "DEFAULT_INDEX_FORMAT",
@@ -71,11 +75,11 @@ def _conv_stage(
     norm_layer: Callable[..., nn.Module],
     activation_layer: Callable[..., nn.Module] | None,
 ) -> nn.Sequential:
-    """A stack of :class:`ConvNormAct` blocks with output widths ``widths``."""
+    """A stack of ``Conv2dNormActivation`` blocks with output widths ``widths``."""
     blocks = []
     for width in widths:
-        blocks.append(ConvNormAct(in_channels, width, kernel_size, bias=bias, norm_layer=norm_layer,
-                                  activation_layer=activation_layer))
+        blocks.append(conv_norm_act(in_channels, width, kernel_size, bias=bias, norm_layer=norm_layer,
+                                    activation_layer=activation_layer))
         in_channels = width
     return nn.Sequential(*blocks)
 
@@ -85,8 +89,13 @@ def _dropouts(num_stages: int, p: float, after: Sequence[int]) -> nn.ModuleList:
     return nn.ModuleList(nn.Dropout(p) if i in after else nn.Identity() for i in range(num_stages))
 
 
-class SegNetEncoder(nn.Module):
-    """Conv stages, each followed by 2x2 ceil-mode max pooling.
+class SegNetEncoder(LegacyStageKeys, nn.Module):
+    """Conv stages, each followed by 2x2 ceil-mode max pooling that can record its argmax indices.
+
+    The convs, norms and activations are a :class:`~seglab.models.backbones.vgg.VGGFeatures`
+    named ``features``, numbered like torchvision's ``vgg16_bn().features``, so with VGG16's
+    stages torchvision's weights load key for key; the one pooling module ``pool`` (see
+    :func:`~seglab.models.layers.blocks.max_pool_2x2`) serves every stage.
 
     Args:
         in_channels: Image channels.
@@ -114,14 +123,13 @@ class SegNetEncoder(nn.Module):
         dropout_after: Sequence[int] = (),
     ) -> None:
         super().__init__()
-        self.stages = nn.ModuleList()
-        for widths in stages:
-            self.stages.append(_conv_stage(in_channels, widths, kernel_size, bias, norm_layer, activation_layer))
-            in_channels = widths[-1]
+        self.features = VGGFeatures(in_channels, stages, kernel_size=kernel_size, bias=bias, norm_layer=norm_layer,
+                                    activation_layer=activation_layer)
         self.dropouts = _dropouts(len(stages), dropout, dropout_after)
         self.pool = max_pool_2x2(return_indices)
         self.return_indices = return_indices
-        self.out_channels = in_channels
+        self.num_stages = len(stages)
+        self.out_channels = self.features.out_channels
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor | None], PoolSizes]:
         """Encode ``x``.
@@ -132,8 +140,8 @@ class SegNetEncoder(nn.Module):
         """
         indices: list[Tensor | None] = []
         sizes: PoolSizes = []
-        for stage, dropout in zip(self.stages, self.dropouts):
-            x = stage(x)
+        for s, dropout in enumerate(self.dropouts):
+            x = self.features.run_stage(x, s)
             sizes.append((x.shape[-2], x.shape[-1]))
             if self.return_indices:
                 x, idx = self.pool(x)
@@ -151,7 +159,7 @@ class SegNetDecoder(nn.Module):
     Args:
         in_channels: Channels of the encoder output.
         stages: Conv output widths per stage, deepest first.
-        upsample: Upsampling mode, see :data:`seglab.models.blocks.UPSAMPLE_MODES`.
+        upsample: Upsampling mode, see :data:`seglab.models.layers.blocks.UPSAMPLE_MODES`.
         kernel_size: Conv kernel size.
         bias: Whether the convs have biases.
         norm_layer: Norm factory.
@@ -222,7 +230,7 @@ def segnet(
     num_classes: int,
     *,
     in_channels: int = 3,
-    pretrained_encoder: str | None = None,
+    weights_backbone: str | None = None,
     upsample: str = "indices",
     index_format: str = DEFAULT_INDEX_FORMAT,
     **kw: Any,
@@ -241,8 +249,10 @@ def segnet(
     Args:
         num_classes: Number of output classes K.
         in_channels: Image channels.
-        pretrained_encoder: ``"imagenet"`` (torchvision weights, needs a download or a cached
-            file) or the path of a ``torchvision.models.vgg16_bn`` state dict; ``None`` for He init.
+        weights_backbone: Encoder weights: ``"imagenet"`` (torchvision ``VGG16_BN_Weights.IMAGENET1K_V1``,
+            downloaded once into the cache), a URL, or the path of a ``torchvision.models.vgg16_bn``
+            state dict (whole or ``features`` only; any :func:`seglab.models.weights.load_state_dict`
+            source); ``None`` (default) for He init, without any download.
         upsample: Decoder upsampling: ``indices`` (max-unpooling, the paper's), ``nearest``,
             ``bilinear`` or ``transposed``. Other modes pool without recording indices.
         index_format: Pooling-index storage: ``int64``, ``uint8`` (2-bit codes) or ``packed``
@@ -255,7 +265,7 @@ def segnet(
     unknown = set(kw) - {"norm_layer", "activation_layer"}  # dropout belongs to bayesian_segnet
     if unknown:
         raise TypeError(f"segnet() got an unexpected keyword argument {sorted(unknown)[0]!r}")
-    model = build_segnet(num_classes, in_channels=in_channels, pretrained_encoder=pretrained_encoder,
+    model = build_segnet(num_classes, in_channels=in_channels, weights_backbone=weights_backbone,
                          upsample=upsample, **kw)
     return set_index_format(model, index_format)
 
@@ -264,7 +274,7 @@ def build_segnet(
     num_classes: int,
     *,
     in_channels: int = 3,
-    pretrained_encoder: str | None = None,
+    weights_backbone: str | None = None,
     upsample: str = "indices",
     dropout: float = 0.5,
     encoder_dropout: Sequence[int] = (),
@@ -283,8 +293,8 @@ def build_segnet(
                             dropout_after=decoder_dropout, **layers)
     model = SegNet(encoder, decoder, nn.Conv2d(decoder.out_channels, num_classes, 3, padding=1))
     init_he(model)
-    if pretrained_encoder is not None:
-        load_vgg16_bn_encoder(model.encoder, pretrained_encoder)
+    if weights_backbone is not None:
+        load_vgg16_weights(model.encoder, weights_backbone)
     return model
 
 

@@ -14,7 +14,7 @@ and a binary loss (BCE + Dice) instead of cross-entropy, which refuses one chann
 
 Example:
     >>> import torch
-    >>> from seglab.registry import create_model
+    >>> from seglab.models.registry import create_model
     >>> create_model("segnet_lite", num_classes=2)(torch.zeros(1, 3, 45, 61)).shape
     torch.Size([1, 1, 45, 61])
 """
@@ -47,10 +47,10 @@ def segnet_lite(num_classes: int = 1, *, in_channels: int = 3, upsample: str = "
             of output channels K.
         in_channels: Image channels.
         upsample: Decoder upsampling; ``bilinear`` (default, no indices) or any mode of
-            :data:`seglab.models.blocks.UPSAMPLE_MODES`, e.g. ``indices`` for SegNet's own.
+            :data:`seglab.models.layers.blocks.UPSAMPLE_MODES`, e.g. ``indices`` for SegNet's own.
 
     Returns:
-        A :class:`~seglab.models.segnet.SegNet` module returning logits at the input size.
+        A :class:`~seglab.models.semantic.segnet.SegNet` module returning logits at the input size.
     """
     encoder = SegNetEncoder(in_channels, SEGNET_LITE_STAGES, return_indices=upsample_uses_indices(upsample))
     decoder = SegNetDecoder(encoder.out_channels, SEGNET_LITE_DECODER_STAGES, upsample=upsample)

@@ -3,7 +3,7 @@
 * ``unet_valid`` is the paper's network: unpadded 3x3 convs + ReLU (two per level), 2x2 max
   pooling, 2x2 up-convolutions halving the channels, crop-and-concat of the encoder map, 1x1
   classifier; 572x572 in -> 388x388 out. Only some input sizes work, see
-  :func:`valid_input_size`; predict whole images with :func:`seglab.tiling.predict_tiled`.
+  :func:`valid_input_size`; predict whole images with :func:`seglab.ops.tiling.predict_tiled`.
 * ``unet`` is the common padded variant (3x3 convs with padding 1, BN by default) returning
   logits at the input size for **any** input size. Odd sizes are handled exactly, without
   interpolation: pooling rounds up (``ceil_mode``), and each up-convolution output (``2 *
@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from seglab.core.errors import SeglabError
+from seglab.models.layers.blocks import conv_norm_act, init_he
 from seglab.ops.tiling import center_crop
-from seglab.models.layers.blocks import ConvNormAct, init_he
 
 __all__ = [
     "UNet",
@@ -90,14 +90,14 @@ def output_size(input_size: Sequence[int], depth: int = 4) -> tuple[int, int]:
     raise SeglabError(
         f"unet_valid (depth={depth}) cannot take a {height}x{width} input: a 2x2 max-pool would see an odd "
         f"size, so the crops would be non-integer ({'; '.join(problems)}). Valid sizes are "
-        f"{2**depth}*(b+8)-4 for bottleneck size b >= {4 if depth > 1 else 3}; or use seglab.tiling.predict_tiled."
+        f"{2**depth}*(b+8)-4 for bottleneck size b >= {4 if depth > 1 else 3}; or use seglab.ops.tiling.predict_tiled."
     )
 
 
 def _double_conv(in_channels: int, out_channels: int, padding: int, batch_norm: bool) -> nn.Sequential:
     norm = nn.BatchNorm2d if batch_norm else None
-    return nn.Sequential(ConvNormAct(in_channels, out_channels, 3, padding=padding, norm_layer=norm),
-                         ConvNormAct(out_channels, out_channels, 3, padding=padding, norm_layer=norm))
+    return nn.Sequential(conv_norm_act(in_channels, out_channels, 3, padding=padding, norm_layer=norm),
+                         conv_norm_act(out_channels, out_channels, 3, padding=padding, norm_layer=norm))
 
 
 class UNetEncoder(nn.Module):
@@ -238,7 +238,7 @@ def unet_valid(num_classes: int, *, in_channels: int = 3, depth: int = 4, base_c
     Parameters for K=2, 3 input channels: 31,031,810 (31,030,658 for the paper's grayscale input),
     the ~31.0 M usually quoted. The output is smaller than the input (see :func:`output_size`),
     centred on it, so the model only fits a pipeline that crops targets or tiles
-    (:func:`seglab.tiling.predict_tiled` with ``valid_model=model.output_size``).
+    (:func:`seglab.ops.tiling.predict_tiled` with ``valid_model=model.output_size``).
 
     Args:
         num_classes: Number of classes K.

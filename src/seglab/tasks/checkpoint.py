@@ -7,12 +7,15 @@ size, task, config), :class:`TrainingState` (what resuming needs) and the weight
 with :func:`read_checkpoint`, so no other module spells the dict's keys. Files written before
 ``task`` and ``model_num_classes`` were recorded (seglab 0.1.0 main) read with their defaults.
 A checkpoint is written to a temporary file in the same folder and renamed over the target, so a
-crash mid-write leaves the previous file intact.
+crash mid-write leaves the previous file intact. Loading never runs code from the file
+(``torch.load(weights_only=True)``): a checkpoint holds tensors, numbers, strings, lists and dicts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +102,49 @@ class Checkpoint:
         return cls(meta, state["model"], training)
 
 
+#: What checkpoints written by seglab 0.1.0 hold besides tensors and plain containers: the numpy
+#: RNG state (an ``ndarray`` of uint32 and its dtype). Only these are let through ``weights_only``
+#: loading, and only for files that need them; nothing in a checkpoint can run code.
+_LEGACY_NUMPY_GLOBALS = ("numpy.dtype", "numpy.ndarray", "numpy.core.multiarray._reconstruct",
+                         "numpy._core.multiarray._reconstruct", "numpy.dtypes.UInt32DType")
+
+
+def _legacy_globals(names: list[str]) -> list[Any] | None:
+    """The allowed legacy numpy globals (all of them: a dtype's class is only met while unpickling)
+    if every one of ``names`` is among them, else None."""
+    if not set(names) <= set(_LEGACY_NUMPY_GLOBALS):
+        return None
+    found = []
+    for name in _LEGACY_NUMPY_GLOBALS:
+        module, _, attr = name.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):  # numpy 1 has no numpy._core, numpy 2 warns on numpy.core
+            continue
+    return found
+
+
+def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+    """``torch.load(weights_only=True)``; files from seglab 0.1.0 may also hold numpy RNG arrays."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001  (not a torch zip file at all)
+            names = []
+        if not names:  # no objects behind the failure: the file is broken, not dangerous
+            raise
+        allowed = _legacy_globals(names)
+        if allowed is None:
+            raise SeglabError(
+                f"Checkpoint {str(path)!r} was refused: it holds Python objects that could run code when loaded "
+                f"({', '.join(names[:4])}), and seglab loads only tensors, numbers, strings, lists and dicts. "
+                "Use a checkpoint written by `seglab train`; never load files from untrusted sources.") from e
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def save_checkpoint(path: str | Path, state: Checkpoint | dict[str, Any]) -> None:
     """Atomically save a :class:`Checkpoint` (or an already flat checkpoint dict)."""
     state = state.to_dict() if isinstance(state, Checkpoint) else {"format": CHECKPOINT_FORMAT, **state}
@@ -111,7 +157,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise SeglabError(f"Checkpoint {str(path)!r} does not exist. Training writes best.pt and last.pt in its run folder.")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = _torch_load(path, map_location)
+    except SeglabError:
+        raise
     except Exception as e:  # pickle, zip or truncation errors all mean the same to a user
         raise SeglabError(f"Checkpoint {str(path)!r} could not be read ({type(e).__name__}: {e}). "
                           "It may be truncated or not a PyTorch file; use a best.pt or last.pt written by `seglab train`.") from e

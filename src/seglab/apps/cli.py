@@ -16,6 +16,14 @@ from seglab.core.errors import SeglabError
 __all__ = ["main"]
 
 
+def _add_tta_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average the class probabilities of the image, its mirror image "
+                             "and rescaled views (default scales 0.75,1,1.25)")
+    parser.add_argument("--tta-scales", metavar="S,S,...",
+                        help="TTA scales relative to the trained size, e.g. 0.75,1,1.25 (implies --tta)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seglab",
@@ -37,11 +45,15 @@ def _parser() -> argparse.ArgumentParser:
 
     e = add("evaluate", "Evaluate a checkpoint with the SegNet protocol (G, C, per-class and mean IoU, fwIoU, BF).",
             "seglab evaluate runs/camvid/best.pt --data.root ../shared/data/camvid --split val")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a checkpoint, a seglab weights file or the name of trained weights "
+                                      "(`seglab weights`)")
     e.add_argument("--split", default="val", help="split to score (default: val)")
     e.add_argument("--out", help="JSON file for the results (default: eval_<split>.json beside the checkpoint)")
     e.add_argument("--batch-size", type=int, default=2)
     e.add_argument("--no-bf", action="store_true", help="skip boundary F1 (faster)")
+    e.add_argument("--bf-protocol", choices=("fast", "paper"),
+                   help="BF rules: fast (void masked, distance matching) or paper (the SegNet script's: no void "
+                        "mask, one-to-one matching; slower); default: the checkpoint's train.bf_protocol")
     e.add_argument("--device", default="auto")
     e.add_argument("--mc-samples", type=int, default=0,
                    help="Monte-Carlo dropout samples (Bayesian models): also reports calibration (ECE)")
@@ -49,10 +61,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="score this exported .onnx file (e.g. the int8 one from `seglab export --int8`) in "
                         "onnxruntime instead of the checkpoint's PyTorch weights; the checkpoint still supplies "
                         "the data set, classes and resolution")
+    _add_tta_arguments(e)
 
     pr = add("predict", "Predict images, folders or globs to label, colour and overlay PNGs.",
              "seglab predict runs/camvid/best.pt street.png more_images/ 'shots/*.jpg' --out predictions/")
-    pr.add_argument("checkpoint")
+    pr.add_argument("checkpoint", help="a checkpoint, a seglab weights file or the name of trained weights "
+                                       "(`seglab weights`, e.g. unet.isbi2012)")
     pr.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask")
@@ -65,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--tile-overlap", type=int, default=32)
     pr.add_argument("--mc-samples", type=int, default=0,
                     help="Monte-Carlo dropout samples (Bayesian models): also writes uncertainty heat maps")
+    _add_tta_arguments(pr)
 
     x = add("export", "Export a checkpoint to ONNX, check parity with PyTorch, optionally quantize to int8.",
             "seglab export runs/camvid/best.pt --format onnx --out segnet.onnx --int8 --data.root ../shared/data/camvid")
@@ -94,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--num-classes", type=int, default=11)
     m.add_argument("--no-flops", action="store_true", help="skip the (slower) FLOP count")
 
-    d = add("data", "Inspect a data set.", "seglab data check ../shared/data/camvid")
+    d = add("data", "Inspect or download a data set.",
+            "seglab data check ../shared/data/camvid\n  seglab data list\n  seglab data download camvid data/camvid")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
     dc = dsub.add_parser("check", help="Report class histogram and problems; non-zero exit on errors.",
                          description="Report class histogram, missing masks, size mismatches, bad label values.",
@@ -103,6 +119,26 @@ def _parser() -> argparse.ArgumentParser:
     dc.add_argument("path")
     dc.add_argument("--num-classes", type=int)
     dc.add_argument("--split", help="only this split")
+    dsub.add_parser("list", help="List the data sets `seglab data download` fetches: size, licence, content.")
+    dd = dsub.add_parser("download", help="Download, verify and extract a data set into DIR, then check it.",
+                         description="Download (resumable), verify the checksum, extract atomically, run data check.",
+                         epilog="example:\n  seglab data download camvid data/camvid",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    dd.add_argument("name", metavar="NAME", help="data set name (see `seglab data list`)")
+    dd.add_argument("dir", metavar="DIR", help="folder to create (must not exist or be empty, unless --force)")
+    dd.add_argument("--force", action="store_true", help="download again and replace what DIR holds")
+
+    w = add("weights", "List the trained weights that ship with seglab (with val metrics), or pack a checkpoint as one.",
+            "seglab weights\n  seglab weights pack runs/isbi/best.pt --name unet.isbi2012 --recipe configs/unet_isbi.yaml")
+    wsub = w.add_subparsers(dest="weights_command", metavar="ACTION")
+    wp = wsub.add_parser("pack", help="Write a checkpoint as fp16 trained weights with metadata and val metrics.")
+    wp.add_argument("checkpoint")
+    wp.add_argument("--name", required=True, help="<model>.<tag>, e.g. segnet_basic.camvid")
+    wp.add_argument("--out-dir", help="weights folder (default: the installed package's seglab/weights)")
+    wp.add_argument("--recipe", help="the recipe file it was trained with, recorded in the metadata")
+    wp.add_argument("--commit", help="the commit it was trained at (default: git HEAD)")
+    wp.add_argument("--url", help="where the file will be published, for weights too large to ship (> 4 MB)")
+    wp.add_argument("--split", default="val", help="split to score it on (default: val)")
 
     q = add("quickstart", "Train SegNet-Basic on built-in synthetic road scenes, evaluate it and draw overlays.",
             "seglab quickstart --out-dir runs")
@@ -127,17 +163,24 @@ def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from seglab.core.atomic import atomic_write_text
     from seglab.engine.logging import dumps
     from seglab.metrics import format_metrics_table
+    from seglab.ops.tta import TTA
 
+    tta = TTA.from_cli(args.tta, args.tta_scales)
     results = evaluate_checkpoint(args.checkpoint, extra, args.split, args.batch_size, not args.no_bf, args.device,
-                                  mc_samples=args.mc_samples, onnx=args.onnx)
+                                  mc_samples=args.mc_samples, onnx=args.onnx, tta=tta, bf_protocol=args.bf_protocol)
     print(format_metrics_table(results, results["class_names"]))
+    if tta is not None:
+        print(f"Test-time augmentation: {tta.views} views (scales {', '.join(f'{s:g}' for s in tta.scales)}"
+              f"{', each also flipped' if tta.flip else ''}).")
     if args.mc_samples:
         print(f"Monte-Carlo dropout, {args.mc_samples} samples: expected calibration error {100 * results['ece']:.2f} %")
         for b in results["accuracy_by_uncertainty"]:
             if b["pixels"]:
                 print(f"  entropy {b['entropy_from']:.1f}-{b['entropy_to']:.1f} of max: "
                       f"{b['pixels']:>9} px, accuracy {100 * b['accuracy']:.1f} %")
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval_{args.split}.json"
+    source = Path(args.checkpoint)  # trained weights by name: the results go to the current folder
+    default = source.parent / f"eval_{args.split}.json" if source.is_file() else Path(f"eval_{source}_{args.split}.json")
+    out = Path(args.out) if args.out else default
     atomic_write_text(out, dumps(results, indent=2))
     print(f"seglab: metrics written to {out}")
     return 0
@@ -145,11 +188,18 @@ def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     from seglab.apps.predict import predict_to_files
+    from seglab.ops.tta import TTA
 
     _no_extra(extra)
+    tta = TTA.from_cli(args.tta, args.tta_scales)
+    if tta is not None and args.mc_samples:
+        raise SeglabError("--tta and --mc-samples cannot be combined: choose one.")
     if args.backend == "onnxruntime":
         if args.mc_samples:
             raise SeglabError("--mc-samples needs the torch backend (dropout must sample at run time).")
+        if tta is not None:
+            raise SeglabError("--tta needs the torch backend: predict from the checkpoint, or score the ONNX file "
+                              "with `seglab evaluate CKPT --onnx FILE --tta`.")
         from seglab.inference.onnx_backend import OnnxSegmenter
 
         seg = OnnxSegmenter(args.checkpoint, tile=args.tile, tile_overlap=args.tile_overlap)
@@ -157,7 +207,7 @@ def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
         from seglab.inference.predictor import Segmenter
 
         seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile,
-                                        tile_overlap=args.tile_overlap, fast=not args.no_fast)
+                                        tile_overlap=args.tile_overlap, fast=not args.no_fast, tta=tta)
     files = predict_to_files(seg, args.inputs, args.out, args.alpha, mc_samples=args.mc_samples)
     print(f"seglab: wrote {len(files)} files to {args.out}")
     return 0
@@ -219,11 +269,35 @@ def _cmd_data(args: argparse.Namespace, extra: list[str]) -> int:
     from seglab.data import check_dataset
 
     _no_extra(extra)
+    if args.data_command == "list":
+        from seglab.data.download import format_catalogue
+
+        print(format_catalogue())
+        return 0
+    if args.data_command == "download":
+        from seglab.data.download import download_dataset
+
+        report = download_dataset(args.name, args.dir, force=args.force)
+        if report is not None:
+            print(report.format())
+        return 0 if report is None or report.ok else 1
     if args.data_command != "check":
-        raise SeglabError("Use `seglab data check PATH`.")
+        raise SeglabError("Use `seglab data check PATH`, `seglab data list` or `seglab data download NAME DIR`.")
     report = check_dataset(args.path, num_classes=args.num_classes, split=args.split)
     print(report.format())
     return 0 if report.ok else 1
+
+
+def _cmd_weights(args: argparse.Namespace, extra: list[str]) -> int:
+    from seglab.apps.weights import format_weights_table, pack_weights
+
+    if args.weights_command == "pack":
+        pack_weights(args.checkpoint, args.name, out_dir=args.out_dir, recipe=args.recipe, commit=args.commit,
+                     url=args.url, overrides=extra, split=args.split)
+    else:
+        _no_extra(extra)
+        print(format_weights_table())
+    return 0
 
 
 def _cmd_quickstart(args: argparse.Namespace, extra: list[str]) -> int:
@@ -240,7 +314,7 @@ def _no_extra(extra: list[str]) -> None:
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "export": _cmd_export,
             "benchmark": _cmd_benchmark, "models": _cmd_models,
-            "data": _cmd_data, "quickstart": _cmd_quickstart}
+            "data": _cmd_data, "weights": _cmd_weights, "quickstart": _cmd_quickstart}
 
 
 def overrides_last(argv: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ from seglab.data import build_dataset, dataset_info
 from seglab.engine.evaluate import evaluate_model
 from seglab.engine.loader import build_eval_loader
 from seglab.inference.onnx_backend import OnnxSegmenter
+from seglab.ops.tta import TTA, as_tta
 from seglab.tasks.checkpoint import check_compatible, checkpoint_config, model_from_checkpoint, read_checkpoint
 from seglab.tasks.semantic import SemanticTask, em_foreground_class, require_dropout
 
@@ -22,17 +23,31 @@ __all__ = ["evaluate_checkpoint"]
 
 def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: str = "val", batch_size: int = 2,
                         compute_bf: bool = True, device: str = "auto", mc_samples: int = 0,
-                        onnx: str | None = None) -> dict:
+                        onnx: str | None = None, tta: TTA | bool | str | None = None,
+                        bf_protocol: str | None = None) -> dict:
     """Score a checkpoint on a split of its own data set (``overrides`` may point ``--data.root`` elsewhere).
 
     With ``onnx`` (a file exported from this checkpoint, fp32 or int8) onnxruntime computes the
     logits instead of PyTorch, through the same resizing and scoring, so the two are comparable.
+    ``tta`` (a :class:`seglab.ops.tta.TTA`, True for the default one, or a scale string such as
+    ``"0.75,1,1.25"``) averages flipped and rescaled views (:func:`seglab.ops.tta.tta_forward`).
 
-    Returns the metrics dict plus ``class_names``, ``split``, ``checkpoint`` (and ``onnx``).
+    ``bf_protocol`` (``"fast"`` or ``"paper"``, :mod:`seglab.metrics.boundary`) picks the BF rules;
+    None: the checkpoint's ``train.bf_protocol`` (after ``overrides``). The results' ``bf_protocol``
+    key records the one used.
+
+    Returns the metrics dict plus ``class_names``, ``split``, ``checkpoint``, ``tta`` (the spec
+    used, or None) (and ``onnx``).
     """
+    tta = as_tta(tta)
+    if tta is not None and mc_samples:
+        raise SeglabError("--tta and --mc-samples cannot be combined: test-time augmentation averages flipped and "
+                          "rescaled views of a deterministic model; choose one.")
     ckpt = read_checkpoint(path)
     meta = ckpt.meta
     cfg = apply_overrides(checkpoint_config(ckpt), overrides or [])
+    if bf_protocol is not None:
+        cfg.train.bf_protocol = bf_protocol  # validated by TrainConfig: a clear error listing the choices
     info = dataset_info(cfg.data)
     check_compatible(ckpt, meta.model_name, info.num_classes, path)
     dev = select_device(device)
@@ -42,18 +57,23 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: st
             raise SeglabError("--mc-samples needs the PyTorch model: an exported ONNX graph has no dropout sampling.")
         model, dev = _OnnxModule(onnx, meta.model_name, info.num_classes), torch.device("cpu")
         infer_size = model.segmenter.infer_size
+        if tta is not None and tta.scales != (1.0,) and not model.segmenter.metadata.get("dynamic_hw", True):
+            raise SeglabError(f"{onnx!r} was exported for {infer_size} inputs only, so --tta can flip but not "
+                              "rescale: pass --tta-scales 1 or re-export with dynamic height/width.")
     else:
         model = model_from_checkpoint(ckpt, path).to(dev)
     if mc_samples:
         require_dropout(model, meta.model_name)
     task = SemanticTask(info.num_classes, info.ignore_index, info.class_names, info.palette, infer_size=infer_size,
-                        compute_bf=compute_bf, mc_samples=mc_samples, em_foreground=em_foreground_class(cfg.data.dataset))
+                        compute_bf=compute_bf, mc_samples=mc_samples, em_foreground=em_foreground_class(cfg.data.dataset),
+                        tta=tta, bf_protocol=cfg.train.bf_protocol)
     data_cfg = dataclasses.replace(cfg.data, image_size=None, limit=cfg.data.limit)
     dataset = build_dataset(data_cfg, split, train=False)
     loader = build_eval_loader(dataset, batch_size, cfg.data.num_workers, dev.type == "cuda")
     results = evaluate_model(model, loader, task, dev, resolve_amp(cfg.train.amp, dev))
     extra = {"onnx": str(onnx)} if onnx is not None else {}
-    return {"checkpoint": str(path), **extra, "split": split, "class_names": list(info.class_names), **results}
+    return {"checkpoint": str(path), **extra, "split": split, "tta": tta.to_dict() if tta is not None else None,
+            "class_names": list(info.class_names), **results}
 
 
 class _OnnxModule(nn.Module):

@@ -148,6 +148,9 @@ class TrainConfig:
     seed: int = 0
     val_every: int = 1
     val_bf: bool = True  # compute boundary F1 during validation (slower)
+    # BF rules, in validation and `seglab evaluate`: fast (void masked, distance matching) or paper
+    # (the SegNet script's: no void mask, one-to-one matching); see seglab.metrics.boundary.
+    bf_protocol: str = "fast"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto | bf16 | fp16 | none
     # Channels-last helps GPUs and AVX-512 CPUs; on an AVX2 CPU it made conv backward 2.3x slower
@@ -164,6 +167,15 @@ class TrainConfig:
     select_metric: str = "miou"  # metric picking the best checkpoint
     log_format: str = "jsonl"  # jsonl | csv
     progress: bool = True
+
+    #: The choices of ``bf_protocol`` (``seglab.metrics.BF_PROTOCOLS``; core does not import metrics).
+    BF_PROTOCOLS: typing.ClassVar[tuple[str, ...]] = ("fast", "paper")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "bf_protocol" and value not in self.BF_PROTOCOLS:  # recipes, overrides and the constructor
+            raise SeglabError(f"Config key 'train.bf_protocol' must be one of: {', '.join(self.BF_PROTOCOLS)}; "
+                              f"got {value!r}.{did_you_mean(str(value), self.BF_PROTOCOLS)}")
+        super().__setattr__(name, value)
 
 
 @dataclass

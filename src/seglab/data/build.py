@@ -1,4 +1,5 @@
-"""Build data sets from a :class:`~seglab.core.config.DataConfig`: ``camvid``, ``folder``, ``synthetic`` or ``isbi2012``.
+"""Build data sets from a :class:`~seglab.core.config.DataConfig`: ``camvid``, ``folder``, ``synthetic``, ``isbi2012``
+or ``sunrgbd``.
 
 Example:
     >>> info = dataset_info(cfg.data)
@@ -16,13 +17,14 @@ from seglab.data.base import DatasetInfo, SegmentationDataset
 from seglab.data.camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID, camvid_samples, resolve_camvid_root
 from seglab.data.folder import folder_samples
 from seglab.data.isbi import ISBI_CLASSES, ISBI_PALETTE, build_isbi
+from seglab.data.sunrgbd import SUNRGBD_CLASSES, SUNRGBD_PALETTE, build_sunrgbd
 from seglab.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticRoadScenes
 from seglab.data.transforms import build_transforms
 
 __all__ = ["DATASETS", "dataset_info", "build_dataset", "default_palette"]
 
-DATASETS = ("camvid", "folder", "synthetic", "isbi2012")
-_DEFAULT_IGNORE = {"camvid": CAMVID_VOID, "folder": 255, "synthetic": 255, "isbi2012": 255}
+DATASETS = ("camvid", "folder", "synthetic", "isbi2012", "sunrgbd")
+_DEFAULT_IGNORE = {"camvid": CAMVID_VOID, "folder": 255, "synthetic": 255, "isbi2012": 255, "sunrgbd": 255}
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:
@@ -94,6 +96,10 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
         n = _fixed_classes(cfg, kind, ISBI_CLASSES)
         palette = _check_palette(cfg.palette, (n,), kind) if cfg.palette is not None else list(ISBI_PALETTE)
         return DatasetInfo(n, _names(cfg, n, ISBI_CLASSES), palette, int(ignore))
+    if kind == "sunrgbd":
+        n = _fixed_classes(cfg, kind, SUNRGBD_CLASSES)
+        palette = _check_palette(cfg.palette, (n,), kind) if cfg.palette is not None else list(SUNRGBD_PALETTE)
+        return DatasetInfo(n, _names(cfg, n, SUNRGBD_CLASSES), palette, int(ignore))
     if kind in ("camvid", "synthetic"):
         camvid = kind == "camvid"
         names = CAMVID_CLASSES if camvid else SYNTHETIC_CLASSES
@@ -185,6 +191,8 @@ def build_dataset(cfg: DataConfig, split: str | None = None, train: bool = False
         return build_isbi(cfg, info, split, train)
     if kind == "synthetic":
         return _synthetic(cfg, info, split, train)
+    if kind == "sunrgbd":
+        return build_sunrgbd(cfg, info, split, train)
     if kind == "camvid":
         root = resolve_camvid_root(cfg.root)
         samples, void = camvid_samples(root, split), CAMVID_VOID

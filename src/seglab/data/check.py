@@ -2,8 +2,10 @@
 
 Recognised layouts: CamVid-style (``<split>.txt`` list files, or ``<split>/`` with
 ``<split>annot/``), folder data sets (``images/`` + ``masks/``, optionally under
-``<split>/``) and ISBI 2012 (``images/`` + ``labels/`` holding 0/255 labels, mapped
-explicitly to membrane/cell; a held-out ``<split>/images`` + ``<split>/labels`` too). Every split found is checked: image and mask counts, pairing, readability,
+``<split>/``), ISBI 2012 (``images/`` + ``labels/`` holding 0/255 labels, mapped
+explicitly to membrane/cell; a held-out ``<split>/images`` + ``<split>/labels`` too) and SUN RGB-D
+(``SUNRGBD-{train,test}_images/`` + ``sunrgbd_train_test_labels/``, 0 unlabelled, 1..37 the classes).
+Every split found is checked: image and mask counts, pairing, readability,
 image/mask sizes, mask kind (index vs RGB) and values, and a per-class pixel histogram.
 
 Only masks are decoded; images are read for their header and integrity (``verify``),
@@ -29,6 +31,9 @@ from seglab.data.folder import folder_split_dirs, folder_splits, pair_by_stem
 from seglab.data.isbi import ISBI_CLASSES, ISBI_FILE_EXTS, ISBI_LABEL_VALUES
 from seglab.data.io import RGBMaskError, read_mask
 from seglab.data.report import DatasetReport, SplitSummary, files_text
+from seglab.data.sunrgbd import (
+    SUNRGBD_CLASSES, SUNRGBD_DIRS, SUNRGBD_LABEL_DIR, looks_like_sunrgbd, sunrgbd_split_pairs, sunrgbd_splits
+)
 
 __all__ = ["check_dataset", "DatasetReport"]
 
@@ -57,6 +62,8 @@ def _isbi_splits(root: Path) -> list[str]:
 def _detect(root: Path) -> tuple[str, Path]:
     if _is_isbi(root):
         return "isbi2012", root
+    if looks_like_sunrgbd(root):
+        return "sunrgbd", root
     if folder_splits(root):
         return "folder", root
     if looks_like_camvid_root(root) or camvid_splits(root):
@@ -172,6 +179,32 @@ def _isbi_pairs(report: DatasetReport, root: Path, split: str) -> tuple[list, Sp
     return pairing.pairs, summary
 
 
+def _sunrgbd_pairs(report: DatasetReport, root: Path, split: str) -> tuple[list, SplitSummary]:
+    pairs, missing = sunrgbd_split_pairs(root, split)
+    summary = SplitSummary(split, f"{SUNRGBD_DIRS[split]}/ + {SUNRGBD_LABEL_DIR}/")
+    summary.images, summary.masks = len(pairs) + len(missing), len(pairs)
+    if missing:
+        report.add("error", split, f"{len(missing)} image(s) without a label: {files_text(missing)}. "
+                   "Re-extract sunrgbd_train_test_labels.tar.gz (train image img-N pairs with label img-(N+5050)).")
+    return pairs, summary
+
+
+def _sunrgbd_value_issues(report: DatasetReport, scan: _SplitScan) -> None:
+    """File values: 0 unlabelled (the ignore index), 1..37 classes 0..36; anything else is an error."""
+    n = len(SUNRGBD_CLASSES)
+    offenders = {m: sorted(v for v in c if not 0 <= v <= n) for m, c in scan.values.items()}
+    offenders = {m: v for m, v in offenders.items() if v}
+    if offenders:
+        first, values = next(iter(offenders.items()))
+        report.add("error", scan.summary.name, f"{len(offenders)} label(s) hold values outside 0..{n}, e.g. "
+                   f"{first.name}: {', '.join(map(str, values[:8]))}. Use the 37-class labels ({SUNRGBD_LABEL_DIR}).")
+    mapped: Counter = Counter()
+    for value, count in scan.summary.histogram.items():
+        if 0 <= value <= n:
+            mapped[report.ignore_index if value == 0 else value - 1] += count
+    scan.summary.histogram = mapped
+
+
 def _isbi_value_issues(report: DatasetReport, scan: _SplitScan) -> None:
     """ISBI labels hold 0 (membrane) and 255 (cell) only; count them as classes 0 and 1."""
     extra = {m: sorted(set(c) - ISBI_LABEL_VALUES.keys()) for m, c in scan.values.items()}
@@ -193,6 +226,9 @@ def _infer_classes(report: DatasetReport, scans: list[_SplitScan], num_classes: 
     if report.layout == "isbi2012":
         report.num_classes, report.num_classes_source = len(ISBI_CLASSES), "isbi2012 (0 -> membrane, 255 -> cell)"
         report.class_names = list(ISBI_CLASSES)
+    elif report.layout == "sunrgbd":
+        report.num_classes, report.num_classes_source = len(SUNRGBD_CLASSES), "sunrgbd (file 0 -> ignore, k -> k-1)"
+        report.class_names = list(SUNRGBD_CLASSES)
     elif num_classes is not None:
         report.num_classes, report.num_classes_source = int(num_classes), "given"
     elif report.layout == "camvid":
@@ -290,12 +326,13 @@ def check_dataset(
             "error",
             None,
             "No data set found: expected a CamVid layout (train.txt, or train/ with trainannot/), a folder layout "
-            "(images/ with masks/, optionally inside <split>/ folders) or ISBI 2012 (images/ with labels/). "
+            "(images/ with masks/, optionally inside <split>/ folders), ISBI 2012 (images/ with labels/) or SUN RGB-D "
+            "(SUNRGBD-train_images/ with sunrgbd_train_test_labels/). "
             f"Found: {_listing(root)}.",
         )
         return report
-    splits_of = {"camvid": camvid_splits, "folder": folder_splits, "isbi2012": _isbi_splits}
-    pairs_of = {"camvid": _camvid_pairs, "folder": _folder_pairs, "isbi2012": _isbi_pairs}
+    splits_of = {"camvid": camvid_splits, "folder": folder_splits, "isbi2012": _isbi_splits, "sunrgbd": sunrgbd_splits}
+    pairs_of = {"camvid": _camvid_pairs, "folder": _folder_pairs, "isbi2012": _isbi_pairs, "sunrgbd": _sunrgbd_pairs}
     found = splits_of[layout](root)
     if split is not None and split not in found:
         report.add("error", split, f"Split {split!r} not found; splits present: {', '.join(found) or 'none'}.")
@@ -314,6 +351,8 @@ def check_dataset(
         _file_issues(report, scan)
         if layout == "isbi2012":
             _isbi_value_issues(report, scan)
+        elif layout == "sunrgbd":
+            _sunrgbd_value_issues(report, scan)
         else:
             _value_issues(report, scan)
     return report

@@ -20,10 +20,12 @@ from seglab.core.runtime import autocast, resolve_amp, select_device
 from seglab.data import read_image
 from seglab.inference.fastpath import optimize_for_inference
 from seglab.metrics.uncertainty import uncertainty_maps
+from seglab.models.zoo import get_pretrained
 from seglab.ops.contract import valid_output_fn
 from seglab.ops.mc_dropout import mc_dropout, mc_probabilities
 from seglab.ops.resize import forward_at_size
 from seglab.ops.tiling import predict_tiled
+from seglab.ops.tta import TTA, as_tta, tta_forward
 from seglab.tasks.checkpoint import model_from_checkpoint, read_checkpoint
 from seglab.tasks.semantic import require_dropout
 
@@ -102,6 +104,7 @@ class Segmenter(Predictor):
         tile_overlap: int = 32,
         model_out_channels: int | None = None,
         fast: bool = True,
+        tta: TTA | bool | str | None = None,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.model = model.to(self.device).eval()
@@ -128,21 +131,35 @@ class Segmenter(Predictor):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.infer_size = list(infer_size) if infer_size else None
+        # Test-time augmentation (seglab.ops.tta) of predict / predict_proba / predict_logits; None: off.
+        self.tta = as_tta(tta)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "none",
-                        tile: Sequence[int] | None = None, tile_overlap: int = 32, fast: bool = True) -> "Segmenter":
+                        tile: Sequence[int] | None = None, tile_overlap: int = 32, fast: bool = True,
+                        tta: TTA | bool | str | None = None) -> "Segmenter":
         """Rebuild model, classes, palette and normalisation from a seglab checkpoint.
 
         ``tile`` (h, w) switches on overlap-tile inference with mirror padding and Gaussian
-        blending of ``tile_overlap`` pixels, for images larger than memory allows.
+        blending of ``tile_overlap`` pixels, for images larger than memory allows. ``tta`` (a
+        :class:`seglab.ops.tta.TTA`, True for the default flips and scales, or a scale string like
+        ``"0.75,1,1.25"``) averages the probabilities of flipped and rescaled views; with tiling,
+        each view is tiled (scales relative to the image's own size).
         """
         ckpt = read_checkpoint(path)
         meta = ckpt.meta
         return cls(model_from_checkpoint(ckpt, path), meta.num_classes, meta.class_names, meta.palette, meta.mean,
                    meta.std, infer_size=meta.image_size, device=device, amp=amp, ignore_index=meta.ignore_index,
                    model_name=meta.model_name, tile=tile, tile_overlap=tile_overlap,
-                   model_out_channels=meta.model_num_classes, fast=fast)
+                   model_out_channels=meta.model_num_classes, fast=fast, tta=tta)
+
+    @classmethod
+    def from_pretrained(cls, name: str, device: str = "auto", amp: str = "none", tile: Sequence[int] | None = None,
+                        tile_overlap: int = 32, fast: bool = True, tta: TTA | bool | str | None = None) -> "Segmenter":
+        """The trained weights named ``name`` (``segnet_basic.camvid``; ``seglab weights`` lists them)."""
+        get_pretrained(name)  # a clear error, with the close names, for a name that does not exist
+        return cls.from_checkpoint(name, device=device, amp=amp, tile=tile, tile_overlap=tile_overlap, fast=fast,
+                                   tta=tta)
 
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
@@ -150,18 +167,31 @@ class Segmenter(Predictor):
         """Logits ``C x H x W`` (float32, CPU) at the image's own size."""
         x = self.preprocess(image).to(self.device)
         with autocast(self.device, self.amp_dtype):
-            if self.tile is None:
+            if self.tta is not None:  # scales relative to infer_size; tiles run at the image's own size
+                logits = tta_forward(self._view_logits, x, self.tta.scales, self.tta.flip,
+                                     size=self.infer_size if self.tile is None else None)
+            elif self.tile is None:
                 logits = forward_at_size(self.forward_model, x, self.infer_size)
             else:
                 logits = predict_tiled(self.forward_model, x, self.model_out_channels, self.tile, self.tile_overlap,
                                        valid_model=self.valid_model)
         return logits[0].float().cpu()
 
+    def _view_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of TTA views at their own size (tiled image by image when tiling)."""
+        if self.tile is None:
+            return forward_at_size(self.forward_model, x, None)
+        return torch.cat([predict_tiled(self.forward_model, x[i : i + 1], self.model_out_channels, self.tile,
+                                        self.tile_overlap, valid_model=self.valid_model) for i in range(x.shape[0])])
+
     def predict_mc(self, image: ImageLike, samples: int) -> dict[str, np.ndarray]:
         """Monte-Carlo dropout prediction (Bayesian models): labels, mean probabilities and
         ``entropy`` / ``mutual_info`` / ``variance`` maps, all at the image's size; the
         ``samples`` passes run batched."""
         require_dropout(self.model, self.model_name)
+        if self.tta is not None:
+            raise SeglabError("Test-time augmentation (tta) and Monte-Carlo dropout cannot be combined: build the "
+                              "Segmenter without tta for predict_mc, or drop --mc-samples.")
         x = self.preprocess(image).to(self.device)
 
         def forward(batch: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Segmentation metrics with the SegNet evaluation protocol.
 
 * :class:`SegmentationMetrics` — streaming G, C, mIoU, fwIoU (one data-set confusion
-  matrix) and boundary F1 (mean over images).
+  matrix) and boundary F1 (mean over images), by ``bf_protocol`` ``"fast"`` (default) or
+  ``"paper"`` (the SegNet script's void rule and one-to-one matching; :data:`BF_PROTOCOLS`).
 * :func:`boundary_f1` — BF of one image; :func:`format_metrics_table` — paper-style table.
 * :func:`logits_to_labels` — argmax for multi-class models, sigmoid threshold for
   1-channel binary models.
@@ -14,7 +15,14 @@ Example:
     >>> print(format_metrics_table(metrics.compute(), class_names))
 """
 
-from seglab.metrics.boundary import BoundaryF1Accumulator, boundary_f1, boundary_f1_per_class, boundary_map
+from seglab.metrics.boundary import (
+    BF_PROTOCOLS,
+    BoundaryF1Accumulator,
+    boundary_f1,
+    boundary_f1_per_class,
+    boundary_map,
+    check_bf_protocol,
+)
 from seglab.metrics.confusion import SegmentationMetrics, confusion_matrix, logits_to_labels, metrics_from_confusion
 from seglab.metrics.em import em_metrics
 from seglab.metrics.report import format_metrics_table, format_percent
@@ -28,6 +36,8 @@ __all__ = [
     "boundary_f1_per_class",
     "boundary_map",
     "BoundaryF1Accumulator",
+    "BF_PROTOCOLS",
+    "check_bf_protocol",
     "format_metrics_table",
     "format_percent",
     "em_metrics",

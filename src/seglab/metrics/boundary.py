@@ -9,32 +9,44 @@ are matched against those in the ground truth within a tolerance of
 * ``F1 = 2PR / (P + R)``.
 
 The image score is the mean F1 over the counted classes and the data-set score is
-the mean over images. Choices, and how they relate to the official MATLAB code
-(``computeBFmeasure.m`` with BSDS ``seg2bdry`` / ``correspondPixels``):
+the mean over images. Two rule sets are offered (``protocol`` / ``bf_protocol``, one of
+:data:`BF_PROTOCOLS`): ``"fast"`` (the default) and ``"paper"``, which follows the SegNet
+tutorial's own script (``computeBFmeasure.m`` with BSDS ``seg2bdry`` /
+``correspondPixels``). Choices, and how they relate to that MATLAB code:
 
 * **Boundary pixels.** A pixel is on the boundary of class ``c`` when its label is
   ``c`` and one of its 4-neighbours has another label: the one-pixel-thick inner
   contour of the region, close to ``seg2bdry(mask, 'imageSize')``. The image border
   is not a boundary.
-* **Void.** Only pixel pairs whose ground truth is labelled on both sides can form a
-  boundary, in the prediction as well as in the ground truth. So the edge of a void
+* **Void.** ``fast``: only pixel pairs whose ground truth is labelled on both sides can
+  form a boundary, in the prediction as well as in the ground truth. So the edge of a void
   region is never a boundary, and predicted contours inside void are not scored.
-* **Matching.** A boundary pixel is matched when its Euclidean distance to the nearest
+  ``paper`` (as the script): nothing is masked. Class ``c``'s boundaries come from
+  ``gt == c`` and ``pred == c`` over the whole image, void pixels being simply "not c":
+  a class region touching void has a ground-truth boundary along that edge, and the
+  prediction is scored inside void too.
+* **Matching.** ``fast``: a boundary pixel is matched when its Euclidean distance to the nearest
   boundary pixel of the same class in the other map is ``<= d``: the thresholded
   Euclidean distance transform. It is computed as a dilation by the disk of radius
   ``d`` for all classes at once (one bit per class), which gives exactly the same
   result as ``scipy.ndimage.distance_transform_edt(...) <= d`` per class at a tenth
-  of the cost (~10 ms for a 360x480, 11-class image). BSDS ``correspondPixels``
-  instead solves a one-to-one bipartite matching, so two predicted pixels cannot
-  share one ground-truth pixel; the distance-based rule is the usual fast
-  approximation and can only score (slightly) higher, where one contour is denser
-  than the other.
-* **Counted classes.** A class is scored when it appears (on labelled pixels) in the
-  ground truth *or* the prediction, as the official code does; the paper's text says
-  "present in the ground truth". Edge cases: a class in only one of the two maps, or
-  with boundary pixels in only one, scores 0; a class in both maps with no boundary
-  pixels in either (it covers every labelled pixel) scores 1. An image with no
-  counted class (all void) gives NaN and is left out of the data-set mean.
+  of the cost (~10 ms for a 360x480, 11-class image). ``paper``: one-to-one, as BSDS
+  ``correspondPixels``, so two predicted pixels cannot share one ground-truth pixel: a
+  maximum-cardinality bipartite matching of the pairs within ``d`` (KD-tree pairs,
+  Hopcroft-Karp; :mod:`seglab.metrics.boundary_paper` says exactly how this relates to
+  BSDS's min-cost assignment). On the same contours the distance rule can only score
+  higher, where one contour is denser than the other (a doubled contour beside a single one: P = 1 instead
+  of 0.5).
+* **Counted classes.** A class is scored when it appears in the ground truth *or* the
+  prediction, as the official code does; the paper's text says "present in the ground
+  truth". "Appears" means on labelled pixels for ``fast``; for ``paper``, as the script
+  has no void mask, anywhere in the prediction (so a class that the ground truth lacks
+  and the prediction puts on void pixels only is counted, and scores 0). Edge cases, both protocols: a class in only one of the two
+  maps, or with boundary pixels in only one, scores 0; a class in both maps with no
+  boundary pixels in either (it covers every labelled pixel; for ``paper``, the whole
+  image) scores 1. An image with no counted class gives NaN and is left out of the
+  data-set mean: for ``fast`` an all-void image; for ``paper`` none (every predicted label
+  counts, so an all-void image scores 0).
 """
 
 from __future__ import annotations
@@ -44,9 +56,22 @@ from typing import Any
 
 import numpy as np
 
-from seglab.core.errors import SeglabError
+from seglab.core.errors import SeglabError, did_you_mean
+from seglab.metrics.boundary_paper import one_to_one_matches
 
-__all__ = ["boundary_f1", "boundary_f1_per_class", "boundary_map", "BoundaryF1Accumulator"]
+__all__ = ["BF_PROTOCOLS", "boundary_f1", "boundary_f1_per_class", "boundary_map", "check_bf_protocol",
+           "BoundaryF1Accumulator"]
+
+#: BF rule sets: ``fast`` (void masked, distance matching) and ``paper`` (the SegNet script's).
+BF_PROTOCOLS: tuple[str, ...] = ("fast", "paper")
+
+
+def check_bf_protocol(protocol: str) -> str:
+    """Return ``protocol`` when it is one of :data:`BF_PROTOCOLS`, else raise a :class:`SeglabError`."""
+    if protocol not in BF_PROTOCOLS:
+        raise SeglabError(f"Unknown BF protocol {protocol!r}.{did_you_mean(str(protocol), BF_PROTOCOLS)} "
+                          f"Choose one of: {', '.join(BF_PROTOCOLS)}.")
+    return protocol
 
 
 def boundary_map(labels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -160,7 +185,7 @@ def _check_pair(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def boundary_f1_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None,
-                          tolerance: float = 0.0075) -> np.ndarray:
+                          tolerance: float = 0.0075, protocol: str = "fast") -> np.ndarray:
     """Per-class boundary F1 of one image.
 
     Args:
@@ -169,18 +194,22 @@ def boundary_f1_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int
         num_classes: Number of classes.
         ignore_index: Void label in ``target``, or None.
         tolerance: Match distance as a fraction of the image diagonal.
+        protocol: ``"fast"`` or ``"paper"`` (see the module docstring).
 
     Returns:
         Float array of length ``num_classes``; NaN for classes not counted.
 
     Raises:
-        SeglabError: On shape mismatch or labels outside ``[0, num_classes)``.
+        SeglabError: On shape mismatch, labels outside ``[0, num_classes)`` or an unknown protocol.
     """
     pred, target = _check_pair(pred, target)
+    paper = check_bf_protocol(protocol) == "paper"
     valid = None if ignore_index is None else target != ignore_index
-    # Void pixels get label -1 so they never count as presence; their pairs are masked anyway.
+    # Void pixels get label -1 so they never count as presence. fast masks their pairs; paper
+    # keeps them (void is "not c") and keeps the whole prediction, as the SegNet script does.
     gt = target if valid is None else np.where(valid, target, -1)
-    pr = pred if valid is None else np.where(valid, pred, -1)
+    pr = pred if valid is None or paper else np.where(valid, pred, -1)
+    mask = None if paper else valid
     tv = target if valid is None else target[valid]
     for name, lab in (("Predictions", pred), ("Ground truth", tv)):
         if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
@@ -191,27 +220,31 @@ def boundary_f1_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int
     gt_present = np.bincount(gt[gt >= 0], minlength=num_classes) > 0
     pr_present = np.bincount(pr[pr >= 0], minlength=num_classes) > 0
     max_dist = tolerance * math.hypot(*target.shape)
-    # Boundary pixels always have valid labels (pairs touching void are masked), so -1 never appears here.
-    gt_pts, gt_lab = _boundary_points(gt, valid)
-    pr_pts, pr_lab = _boundary_points(pr, valid)
-    matched_pr = _matched(pr_pts, pr_lab, gt_pts, gt_lab, gt.shape, num_classes, max_dist)
-    matched_gt = _matched(gt_pts, gt_lab, pr_pts, pr_lab, gt.shape, num_classes, max_dist)
-    scores = _class_f1(
-        np.bincount(pr_lab, minlength=num_classes), np.bincount(pr_lab, matched_pr, num_classes),
-        np.bincount(gt_lab, minlength=num_classes), np.bincount(gt_lab, matched_gt, num_classes),
-    )
+    gt_pts, gt_lab = _boundary_points(gt, mask)
+    pr_pts, pr_lab = _boundary_points(pr, mask)
+    if paper:
+        keep = gt_lab >= 0  # void pixels beside a class are boundary pixels of no class
+        gt_pts, gt_lab = gt_pts[keep], gt_lab[keep]
+        hit_pr = hit_gt = one_to_one_matches(pr_pts, pr_lab, gt_pts, gt_lab, gt.shape[1], num_classes, max_dist)
+    else:  # boundary pixels always have valid labels (pairs touching void are masked): no -1 here
+        hit_pr = np.bincount(pr_lab, _matched(pr_pts, pr_lab, gt_pts, gt_lab, gt.shape, num_classes, max_dist),
+                             num_classes)
+        hit_gt = np.bincount(gt_lab, _matched(gt_pts, gt_lab, pr_pts, pr_lab, gt.shape, num_classes, max_dist),
+                             num_classes)
+    scores = _class_f1(np.bincount(pr_lab, minlength=num_classes), hit_pr,
+                       np.bincount(gt_lab, minlength=num_classes), hit_gt)
     scores = np.where(gt_present & pr_present, scores, 0.0)  # a class in only one map scores 0
     scores[~(gt_present | pr_present)] = np.nan  # not counted
     return scores
 
 
 def boundary_f1(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None,
-                tolerance: float = 0.0075) -> float:
+                tolerance: float = 0.0075, protocol: str = "fast") -> float:
     """Boundary F1 of one image: the mean over counted classes (NaN when none is counted).
 
     See :func:`boundary_f1_per_class` for the arguments and the module docstring for the rules.
     """
-    scores = boundary_f1_per_class(pred, target, num_classes, ignore_index, tolerance)
+    scores = boundary_f1_per_class(pred, target, num_classes, ignore_index, tolerance, protocol)
     scores = scores[~np.isnan(scores)]
     return float(scores.mean()) if scores.size else math.nan
 
@@ -223,12 +256,15 @@ class BoundaryF1Accumulator:
         num_classes: Number of classes.
         ignore_index: Void label in the ground truth, or None.
         tolerance: Match distance as a fraction of the image diagonal.
+        protocol: ``"fast"`` (default) or ``"paper"`` (see the module docstring).
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = None, tolerance: float = 0.0075) -> None:
+    def __init__(self, num_classes: int, ignore_index: int | None = None, tolerance: float = 0.0075,
+                 protocol: str = "fast") -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.tolerance = tolerance
+        self.protocol = check_bf_protocol(protocol)
         self.scores: list[float] = []
 
     def update(self, pred: np.ndarray, target: np.ndarray) -> None:
@@ -237,10 +273,12 @@ class BoundaryF1Accumulator:
         if pred.ndim == 2:
             pred, target = pred[None], target[None]
         for p, t in zip(pred, target):
-            self.scores.append(boundary_f1(p, t, self.num_classes, self.ignore_index, self.tolerance))
+            self.scores.append(boundary_f1(p, t, self.num_classes, self.ignore_index, self.tolerance, self.protocol))
 
     def merge(self, other: BoundaryF1Accumulator) -> None:
-        """Append another accumulator's per-image scores."""
+        """Append another accumulator's per-image scores (both must use the same protocol)."""
+        if other.protocol != self.protocol:
+            raise SeglabError(f"Cannot merge BF scores of protocol {other.protocol!r} into {self.protocol!r}.")
         self.scores.extend(other.scores)
 
     def compute(self) -> float:

@@ -14,6 +14,10 @@ is 0/0), and classes absent from both ground truth and prediction (union 0) are 
 out of mIoU; both are NaN-means. On CamVid test every class is present, so this only
 matters on small or unusual splits.
 
+Boundary F1 is the mean over images of :func:`seglab.metrics.boundary.boundary_f1` under
+``bf_protocol``: ``"fast"`` (default: void masked, distance matching) or ``"paper"`` (the
+SegNet script's rules: no void mask, one-to-one matching); ``compute()`` reports which.
+
 Example:
     >>> m = SegmentationMetrics(num_classes=11, ignore_index=11, compute_bf=False)
     >>> m.update(pred, target)  # N x H x W integer tensors, any device
@@ -29,7 +33,7 @@ import numpy as np
 import torch
 
 from seglab.core.errors import SeglabError
-from seglab.metrics.boundary import BoundaryF1Accumulator
+from seglab.metrics.boundary import BoundaryF1Accumulator, check_bf_protocol
 
 __all__ = [
     "SegmentationMetrics",
@@ -171,26 +175,28 @@ class SegmentationMetrics:
         ignore_index: Ground-truth label to drop (CamVid void is 11), or None.
         compute_bf: Also compute the boundary F1 score (CPU, per image).
         bf_tolerance: BF match distance as a fraction of the image diagonal (0.75%).
+        bf_protocol: BF rules, ``"fast"`` (default) or ``"paper"``; see :mod:`seglab.metrics.boundary`.
 
     ``update`` keeps one int64 confusion matrix on the device of its inputs, so
     accumulation costs one ``bincount`` per batch; only ``compute`` moves it to CPU.
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = None, compute_bf: bool = True,
-                 bf_tolerance: float = 0.0075) -> None:
+                 bf_tolerance: float = 0.0075, bf_protocol: str = "fast") -> None:
         if num_classes < 1:
             raise SeglabError(f"num_classes must be at least 1, got {num_classes}.")
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
         self.compute_bf = compute_bf
         self.bf_tolerance = bf_tolerance
+        self.bf_protocol = check_bf_protocol(bf_protocol)
         self.reset()
 
     def reset(self) -> None:
         """Forget everything accumulated so far."""
         self.confusion: torch.Tensor | None = None
         self.num_images = 0
-        self._bf = BoundaryF1Accumulator(self.num_classes, self.ignore_index, self.bf_tolerance)
+        self._bf = BoundaryF1Accumulator(self.num_classes, self.ignore_index, self.bf_tolerance, self.bf_protocol)
 
     @torch.no_grad()
     def update(self, pred: Any, target: Any) -> None:
@@ -210,6 +216,8 @@ class SegmentationMetrics:
         """Add the state of ``other`` (e.g. another worker's) into this object and return it."""
         if other.num_classes != self.num_classes or other.ignore_index != self.ignore_index:
             raise SeglabError("Cannot merge metrics with different num_classes or ignore_index.")
+        if other.bf_protocol != self.bf_protocol:
+            raise SeglabError(f"Cannot merge BF scores of protocol {other.bf_protocol!r} into {self.bf_protocol!r}.")
         if other.confusion is not None:
             if self.confusion is None:
                 self.confusion = other.confusion.clone()
@@ -220,7 +228,8 @@ class SegmentationMetrics:
         return self
 
     def __add__(self, other: SegmentationMetrics) -> SegmentationMetrics:
-        out = SegmentationMetrics(self.num_classes, self.ignore_index, self.compute_bf, self.bf_tolerance)
+        out = SegmentationMetrics(self.num_classes, self.ignore_index, self.compute_bf, self.bf_tolerance,
+                                  self.bf_protocol)
         return out.merge(self).merge(other)
 
     def compute(self) -> dict[str, Any]:
@@ -228,7 +237,8 @@ class SegmentationMetrics:
 
         Keys: ``global_acc``, ``class_acc``, ``miou``, ``fwiou``, ``iou``,
         ``class_acc_per_class``, ``bf`` (None when ``compute_bf`` is False, NaN when no
-        image had a class to score), ``confusion`` (list of int lists),
+        image had a class to score), ``bf_protocol`` (``"fast"`` or ``"paper"``; None when
+        ``compute_bf`` is False), ``confusion`` (list of int lists),
         ``num_pixels`` (non-ignored pixels) and ``num_images``.
         """
         conf = self.confusion
@@ -237,6 +247,7 @@ class SegmentationMetrics:
         conf = conf.cpu()
         out = metrics_from_confusion(conf)
         out["bf"] = self._bf.compute() if self.compute_bf else None
+        out["bf_protocol"] = self.bf_protocol if self.compute_bf else None
         out["confusion"] = conf.tolist()
         out["num_images"] = self.num_images
         return out

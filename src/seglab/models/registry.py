@@ -33,6 +33,7 @@ from seglab.models.semantic import (
     unet,
 )
 from seglab.models.weights import load_model_weights
+from seglab.models.zoo import resolve_pretrained
 
 __all__ = ["register_model", "create_model", "list_models", "get_model_builder"]
 
@@ -95,7 +96,9 @@ def create_model(name: str, num_classes: int, *, weights: str | None = None, wei
     Args:
         name: A name of :func:`list_models`.
         num_classes: Number of classes.
-        weights: A whole-model state dict to load into the built model: a URL or a file path (any
+        weights: Trained weights to load into the built model: the tag of a named entry
+            (``"camvid"`` for ``segnet_basic.camvid``, see :mod:`seglab.models.zoo` and ``seglab weights``;
+            its training options are used for unset ``kwargs``), or a state dict's URL or file path (any
             :func:`seglab.models.weights.load_state_dict` source), e.g. ``torch.save(model.state_dict(),
             path)`` of a model built with the same options. Keys of older seglab layouts are upgraded.
         weights_backbone: Pretrained backbone weights, passed to the builder (``"imagenet"``, a URL
@@ -113,6 +116,9 @@ def create_model(name: str, num_classes: int, *, weights: str | None = None, wei
         if old in kwargs:
             raise SeglabError(f"Model {name!r} does not accept that option: {old!r} was renamed to {new!r}. Write "
                               f"{new}={kwargs[old]!r} (model.{new} in a recipe, not model.kwargs.{old}).")
+    trained = resolve_pretrained(name, str(weights), num_classes) if weights is not None else None
+    if trained is not None:  # named trained weights: build with the options they were trained with
+        kwargs = {**trained[1]["checkpoint"]["model_kwargs"], **kwargs}
     if weights_backbone is not None:
         kwargs["weights_backbone"] = weights_backbone
     try:
@@ -126,6 +132,8 @@ def create_model(name: str, num_classes: int, *, weights: str | None = None, wei
             raise SeglabError(f"Model {name!r} does not accept that option: {e}. Check `model.kwargs` in the "
                               f"recipe{note}.") from e
         raise
-    if weights is not None:
+    if trained is not None:
+        model.load_state_dict(trained[0])
+    elif weights is not None:
         load_model_weights(model, weights, what=name)
     return model

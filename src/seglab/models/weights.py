@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from seglab.core.atomic import atomic_write
 from seglab.core.errors import SeglabError
 
-__all__ = ["ALIASES", "TORCHVISION_WEIGHTS", "cache_dir", "check_state_dict", "load_model_weights",
+__all__ = ["ALIASES", "TORCHVISION_WEIGHTS", "cache_dir", "cached_download", "check_state_dict", "load_model_weights",
            "load_state_dict", "strip_prefix", "upgrade_state_dict"]
 
 #: Backbones with registered names: ``what`` -> the torchvision weights enum whose members name them.
@@ -159,7 +159,7 @@ def _download(url: str, target: Path, *, sha256: str | None, progress: bool, opt
     atomic_write(target, fetch)  # an interrupted or rejected download leaves no file behind
 
 
-def _cached_download(url: str, *, sha256: str | None, progress: bool, option: str, described: str) -> Path:
+def cached_download(url: str, *, sha256: str | None, progress: bool, option: str, described: str) -> Path:
     """The cached copy of ``url``, downloaded first if absent; a cached file failing ``sha256`` is deleted."""
     name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
     if not name:
@@ -234,7 +234,7 @@ def load_state_dict(source: str | Path, *, what: str, sha256: str | None = None,
     registered = _registered_url(text, what) if "://" not in text and not Path(text).exists() else None
     if registered is not None or text.startswith(_URL_SCHEMES):
         url, described = registered if registered is not None else (text, repr(text))
-        path = _cached_download(url, sha256=sha256, progress=progress, option=option, described=described)
+        path = cached_download(url, sha256=sha256, progress=progress, option=option, described=described)
         return _read(path, option=option, cached=True)
     path = Path(text).expanduser()
     if "://" in text or not path.is_file():

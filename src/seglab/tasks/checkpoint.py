@@ -27,6 +27,7 @@ from seglab.core.atomic import atomic_write
 from seglab.core.config import Config, config_from_dict
 from seglab.core.errors import SeglabError
 from seglab.models.registry import create_model
+from seglab.models.zoo import is_pretrained_name, read_pretrained, read_weights_file
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointMeta", "TrainingState", "check_compatible",
            "checkpoint_config", "load_checkpoint", "model_from_checkpoint", "read_checkpoint", "save_checkpoint"]
@@ -155,7 +156,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """The flat checkpoint dict of ``path``, validated; clear errors for missing or foreign files."""
     path = Path(path)
     if not path.is_file():
-        raise SeglabError(f"Checkpoint {str(path)!r} does not exist. Training writes best.pt and last.pt in its run folder.")
+        raise SeglabError(f"Checkpoint {str(path)!r} does not exist. Training writes best.pt and last.pt in its run folder; "
+                          "trained weights that ship with seglab go by name (`seglab weights` lists them).")
     try:
         ckpt = _torch_load(path, map_location)
     except SeglabError:
@@ -170,13 +172,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """:func:`load_checkpoint` as a typed :class:`Checkpoint`."""
+    """A typed :class:`Checkpoint` from a checkpoint file (:func:`load_checkpoint`), a seglab weights
+    file (``.safetensors``, see :mod:`seglab.models.zoo`) or the name of trained weights
+    (``unet.isbi2012``; weights-only, so it predicts, evaluates, exports and fine-tunes but cannot resume)."""
+    text = str(path)
+    if not Path(text).exists() and is_pretrained_name(text):
+        return _from_weights(*read_pretrained(text))
+    if text.endswith(".safetensors") and Path(text).is_file():
+        return _from_weights(*read_weights_file(text))
     state = load_checkpoint(path, map_location)
     try:
         return Checkpoint.from_dict(state)
     except (KeyError, TypeError) as e:
         raise SeglabError(f"Checkpoint {str(path)!r} lacks what seglab needs to rebuild its model ({e}); "
                           "use a best.pt or last.pt written by `seglab train`.") from e
+
+
+def _from_weights(state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Checkpoint:
+    return Checkpoint(CheckpointMeta(**metadata["checkpoint"]), state, None)
 
 
 def checkpoint_config(ckpt: Checkpoint | dict[str, Any]) -> Config:

@@ -25,6 +25,7 @@ from seglab.ops.contract import check_input_size, has_dropout
 from seglab.ops.mc_dropout import mc_dropout, mc_probabilities
 from seglab.ops.resize import forward_at_size
 from seglab.ops.tiling import center_crop
+from seglab.ops.tta import TTA, tta_forward
 
 __all__ = ["EM_KEYS", "SemanticBatch", "SemanticMetrics", "SemanticTask", "em_foreground_class", "require_dropout"]
 
@@ -68,10 +69,11 @@ class SemanticMetrics:
     """The SegNet protocol's metrics, plus the EM metrics (ISBI) and calibration (MC dropout)."""
 
     def __init__(self, num_classes: int, ignore_index: int | None, compute_bf: bool = True,
-                 mc_samples: int = 0, em_foreground: int | None = None) -> None:
+                 mc_samples: int = 0, em_foreground: int | None = None, bf_protocol: str = "fast") -> None:
         self.num_classes, self.ignore_index, self.em_foreground = num_classes, ignore_index, em_foreground
         self.mc_samples = mc_samples
-        self.metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, compute_bf=compute_bf)
+        self.metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index, compute_bf=compute_bf,
+                                           bf_protocol=bf_protocol)
         self.calibration = CalibrationMeter(num_classes, ignore_index) if mc_samples else None
         self.slices: tuple[list, list] = ([], [])  # predicted and true label slices for the EM metrics
 
@@ -103,6 +105,8 @@ class SemanticTask:
             resized back to the labels' size. None: the input size.
         criterion: The training loss (``None`` for evaluation only); see :meth:`from_config`.
         mc_samples: Monte-Carlo dropout samples per prediction (0: a plain forward pass).
+        tta: Test-time augmentation (flips and scales, :mod:`seglab.ops.tta`) in ``predict``;
+            None: off. Not combined with ``mc_samples``.
         em_foreground: Cell class id for the EM metrics (ISBI 2012), else None.
     """
 
@@ -112,11 +116,13 @@ class SemanticTask:
     palette: Sequence[Sequence[int]] = ()
     infer_size: Sequence[int] | None = None
     compute_bf: bool = True
+    bf_protocol: str = "fast"  # BF rules: fast or paper (seglab.metrics.boundary); train.bf_protocol
     mc_samples: int = 0
     em_foreground: int | None = None
     criterion: nn.Module | None = None
     model_num_classes: int = 0  # output channels: 1 for binary (sigmoid) heads, else num_classes
     class_weights: Tensor | None = field(default=None, repr=False)
+    tta: TTA | None = None
 
     name = "semantic"
     summary_keys: tuple[str, ...] = ("global_acc", "class_acc", "miou", "fwiou", "bf", *EM_KEYS)
@@ -134,7 +140,7 @@ class SemanticTask:
         criterion = build_loss(cfg.loss, info.num_classes, info.ignore_index,
                                weights.to(device) if weights is not None and device is not None else weights)
         return cls(info.num_classes, info.ignore_index, list(info.class_names), [list(c) for c in info.palette],
-                   infer_size=cfg.data.image_size, compute_bf=cfg.train.val_bf,
+                   infer_size=cfg.data.image_size, compute_bf=cfg.train.val_bf, bf_protocol=cfg.train.bf_protocol,
                    em_foreground=em_foreground_class(cfg.data.dataset), criterion=criterion,
                    model_num_classes=1 if binary else info.num_classes, class_weights=weights)
 
@@ -177,6 +183,14 @@ class SemanticTask:
         def forward(x: Tensor) -> Tensor:
             return forward_at_size(model, x, self.infer_size).float()
 
+        if self.tta is not None:
+            if self.mc_samples:
+                raise SeglabError("Test-time augmentation (--tta) and Monte-Carlo dropout (--mc-samples) cannot be "
+                                  "combined: choose one.")
+            # Scales are relative to infer_size, so the model itself runs at each view's own size.
+            logits = tta_forward(lambda x: forward_at_size(model, x, None), batch.images, self.tta.scales,
+                                 self.tta.flip, size=self.infer_size)
+            return SemanticPrediction(logits_to_labels(logits))
         if not self.mc_samples:
             return SemanticPrediction(logits_to_labels(forward(batch.images)))
         with mc_dropout(model):
@@ -185,7 +199,8 @@ class SemanticTask:
 
     def new_metrics(self) -> SemanticMetrics:
         return SemanticMetrics(self.num_classes, self.ignore_index, self.compute_bf,
-                               mc_samples=self.mc_samples, em_foreground=self.em_foreground)
+                               mc_samples=self.mc_samples, em_foreground=self.em_foreground,
+                               bf_protocol=self.bf_protocol)
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         return {"task": self.name, "num_classes": self.num_classes, "model_num_classes": self.model_num_classes,

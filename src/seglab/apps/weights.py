@@ -1,0 +1,128 @@
+"""``seglab weights``: the table of trained weights, and ``seglab weights pack`` that makes an entry.
+
+Packing turns a trained checkpoint into a seglab weights file (fp16 safetensors, metadata in the
+header), scores it on the val split in fp32 (the checkpoint) and in fp16 (the packed file) so the
+entry records both, and adds it to the ``index.json`` of the weights folder (the package's own
+``seglab/weights/`` by default). Weights over 4 MB must be published at a URL (``--url``): they
+are listed, not shipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seglab.apps.evaluate import evaluate_checkpoint
+from seglab.core.errors import SeglabError
+from seglab.engine.logging import json_safe
+from seglab.models import zoo
+from seglab.models.zoo import PretrainedEntry, list_pretrained, read_pretrained, register_entry, write_weights_file
+from seglab.tasks.checkpoint import checkpoint_config, read_checkpoint
+
+__all__ = ["MAX_SHIPPED_BYTES", "format_weights_table", "pack_weights"]
+
+#: Shipped weights stay under this size (the package must stay small); larger ones need a URL.
+MAX_SHIPPED_BYTES = 4 * 1024 * 1024
+#: Metrics copied into an entry (besides per-class IoU).
+_SUMMARY = ("global_acc", "class_acc", "miou", "fwiou", "bf", "pixel_error", "foreground_iou", "rand_error")
+
+
+def _pct(value: Any) -> str:
+    return "-" if not isinstance(value, float) or value != value else f"{100 * value:.1f}"
+
+
+def format_weights_table() -> str:
+    """One line per trained-weights entry: model, data, classes, val G / C / mIoU / BF, size, where."""
+    rows = [f"{'name':<24}{'data (trained on / scored on)':<34}{'classes':>8}{'G':>7}{'C':>7}{'mIoU':>7}{'BF':>7}"
+            f"{'MB':>6}  source"]
+    for name in list_pretrained():
+        _, meta = read_pretrained(name)
+        val, trained = meta["val_metrics"], meta["trained"]
+        entry_size = meta.get("size_bytes", 0) / 1e6
+        data = f"{trained['dataset']} {trained['train_split']} / {trained['val_split']}"
+        rows.append(f"{name:<24}{data:<34}{meta['checkpoint']['num_classes']:>8}{_pct(val.get('global_acc')):>7}"
+                    f"{_pct(val.get('class_acc')):>7}{_pct(val.get('miou')):>7}{_pct(val.get('bf')):>7}"
+                    f"{entry_size:>6.1f}  {meta.get('source', 'shipped')}")
+    if len(rows) == 1:
+        rows.append("(none)")
+    return "\n".join(rows)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _hardware() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.backends.cpu.get_cpu_capability()})")
+
+
+def _training_seconds(run_dir: Path) -> float | None:
+    """Training plus validation time from the run's ``metrics.jsonl``, if it is beside the checkpoint."""
+    log = run_dir / "metrics.jsonl"
+    if not log.is_file():
+        return None
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return sum(r.get("epoch_seconds", 0.0) + r.get("val_seconds", 0.0) for r in records)
+
+
+def _summary(results: dict[str, Any]) -> dict[str, Any]:
+    return json_safe({**{k: results[k] for k in _SUMMARY if k in results}, "iou": results.get("iou"),
+                      "split": results["split"]})
+
+
+def pack_weights(checkpoint: str | Path, name: str, *, out_dir: str | Path | None = None, recipe: str | None = None,
+                 commit: str | None = None, url: str | None = None, overrides: list[str] | None = None,
+                 split: str = "val", hardware: str | None = None) -> PretrainedEntry:
+    """Pack ``checkpoint`` as the trained weights ``name`` (``<model>.<tag>``) into ``out_dir``."""
+    ckpt = read_checkpoint(checkpoint)
+    model, _, tag = name.rpartition(".")
+    if model != ckpt.meta.model_name or not tag:
+        raise SeglabError(f"Name trained weights <model>.<tag> with the checkpoint's model {ckpt.meta.model_name!r}, "
+                          f"e.g. {ckpt.meta.model_name}.camvid; got {name!r}.")
+    folder = Path(out_dir) if out_dir is not None else zoo.WEIGHTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = checkpoint_config(ckpt)
+    metadata: dict[str, Any] = {
+        "name": name,
+        "checkpoint": dataclasses.asdict(ckpt.meta),
+        "trained": {"dataset": cfg.data.dataset, "train_split": cfg.data.train_split, "val_split": split,
+                    "input_size": cfg.data.image_size or cfg.data.crop_size, "recipe": recipe,
+                    "commit": commit or _git_commit(), "train_seconds": _training_seconds(Path(checkpoint).parent),
+                    "hardware": hardware or _hardware(), "epochs": ckpt.training.epoch if ckpt.training else None},
+        "source": f"download: {url}" if url else "shipped",
+    }
+    # Scored in fp32 compute on every machine (the recipe's amp may be bf16 on CPUs that have it), so the
+    # entry's figures compare fp32 weights with fp16 weights and nothing else.
+    overrides = ["--train.amp", "none", *(overrides or [])]
+    print(f"seglab: scoring {checkpoint} (fp32) on {split} ...", flush=True)
+    metadata["val_metrics_fp32"] = _summary(evaluate_checkpoint(str(checkpoint), overrides, split))
+    target = folder / f"{name}.safetensors"
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        trial = Path(tmp) / f"{name}.safetensors"
+        write_weights_file(trial, ckpt.model, {**metadata, "val_metrics": metadata["val_metrics_fp32"]})
+        print(f"seglab: scoring the fp16 weights on {split} ...", flush=True)
+        metadata["val_metrics"] = _summary(evaluate_checkpoint(str(trial), overrides, split))
+        metadata["size_bytes"] = trial.stat().st_size
+    if metadata["size_bytes"] > MAX_SHIPPED_BYTES and url is None:
+        raise SeglabError(f"{name} is {metadata['size_bytes'] / 2**20:.1f} MiB in fp16, over the 4 MiB that may ship "
+                          "in the package: publish the file and pass its --url (the entry then downloads it).")
+    sha256 = write_weights_file(target, ckpt.model, metadata)
+    entry = PretrainedEntry(name, target.name, sha256, target.stat().st_size, url)
+    register_entry(entry, folder)
+    fp32, fp16 = metadata["val_metrics_fp32"], metadata["val_metrics"]
+    print(f"seglab: wrote {target} ({entry.size / 1e6:.2f} MB, sha256 {sha256[:12]}...); {split} mIoU fp32 "
+          f"{_pct(fp32.get('miou'))}, fp16 {_pct(fp16.get('miou'))}")
+    return entry

@@ -1,0 +1,110 @@
+"""Trained weights by name: packing a checkpoint, loading it by name everywhere, and bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from seglab.apps.cli import main
+from seglab.apps.weights import pack_weights
+from seglab.core.config import load_config
+from seglab.core.errors import SeglabError
+from seglab.engine.trainer import train
+from seglab.inference.predictor import Segmenter
+from seglab.models import zoo
+from seglab.models.registry import create_model
+from seglab.tasks.checkpoint import read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("zoo")
+    cfg = load_config(None, ["--model.name", "unet", "--model.kwargs", "{depth: 2, base_channels: 4}",
+                             "--data.synthetic_train", "8", "--data.synthetic_val", "4",
+                             "--data.synthetic_size", "[32, 48]", "--train.epochs", "2", "--train.batch_size", "4",
+                             "--train.threads", "1", "--train.amp", "none", "--train.out_dir", str(out),
+                             "--train.run_name", "run"])
+    return train(cfg).best_checkpoint
+
+
+@pytest.fixture()
+def weights_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "weights"
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", folder)
+    monkeypatch.setenv("SEGLAB_CACHE_DIR", str(tmp_path / "cache"))
+    zoo.pretrained_entries.cache_clear()
+    yield folder
+    zoo.pretrained_entries.cache_clear()
+
+
+def test_pack_then_load_by_name_everywhere(trained, weights_dir, tmp_path, capsys):
+    entry = pack_weights(trained, "unet.tiny", recipe="inline", commit="abc123")
+    assert (weights_dir / "unet.tiny.safetensors").stat().st_size == entry.size
+    assert zoo.list_pretrained() == ["unet.tiny"]
+    state, meta = zoo.read_pretrained("unet.tiny")
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())  # loads as fp32
+    assert meta["trained"]["commit"] == "abc123" and meta["trained"]["dataset"] == "synthetic"
+    assert meta["trained"]["train_seconds"] > 0 and meta["checkpoint"]["class_names"][0] == "Sky"
+    assert abs(meta["val_metrics"]["miou"] - meta["val_metrics_fp32"]["miou"]) < 0.01  # fp16 vs fp32
+    assert len(meta["val_metrics"]["iou"]) == 7
+
+    model = create_model("unet", num_classes=7, weights="tiny")  # the trained options (depth 2) are used
+    original = read_checkpoint(trained).model
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value.float(), original[key].float(), atol=2e-3, rtol=2e-3)  # fp16 rounding
+
+    image = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    labels = Segmenter.from_pretrained("unet.tiny", device="cpu").predict(image)
+    assert labels.shape == (40, 50) and labels.max() < 7
+
+    Image.fromarray(image).save(tmp_path / "street.png")
+    assert main(["predict", "unet.tiny", str(tmp_path / "street.png"), "--out", str(tmp_path / "pred")]) == 0
+    assert (tmp_path / "pred" / "street_overlay.png").is_file()
+    assert main(["evaluate", "unet.tiny", "--out", str(tmp_path / "eval.json"), "--no-bf"]) == 0
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["miou"] == pytest.approx(meta["val_metrics"]["miou"], abs=1e-6)
+    capsys.readouterr()
+    assert main(["weights"]) == 0
+    table = capsys.readouterr().out
+    assert "unet.tiny" in table and "synthetic train / val" in table
+
+
+def test_bad_names_and_files(trained, weights_dir):
+    pack_weights(trained, "unet.tiny", commit="abc123")
+    with pytest.raises(SeglabError, match="No trained weights named 'unet.tinny'.*Did you mean.*unet.tiny"):
+        Segmenter.from_pretrained("unet.tinny")
+    with pytest.raises(SeglabError, match="predict 7 classes.*num_classes=7"):
+        create_model("unet", num_classes=3, weights="tiny")
+    with pytest.raises(SeglabError, match="Name trained weights <model>.<tag>"):
+        pack_weights(trained, "segnet.tiny")
+    path = weights_dir / "unet.tiny.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(SeglabError, match="does not match its sha256.*damaged"):
+        zoo.read_pretrained("unet.tiny")
+    path.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(SeglabError, match="Could not read the weights file.*truncated"):
+        zoo.read_weights_file(path)
+
+
+def test_large_weights_download_from_a_url_into_the_cache(trained, weights_dir, tmp_path):
+    published = tmp_path / "published"
+    entry = pack_weights(trained, "unet.big", out_dir=published, url="file://placeholder", commit="abc123")
+    # Publish the file and list it (not shipped) in the package's index with its URL.
+    url = (published / entry.file).as_uri()
+    zoo.register_entry(zoo.PretrainedEntry(entry.name, entry.file, entry.sha256, entry.size, url), weights_dir)
+    assert not (weights_dir / entry.file).exists()
+    state, meta = zoo.read_pretrained("unet.big")
+    assert (tmp_path / "cache" / "weights" / entry.file).is_file() and meta["source"] == "download: file://placeholder"
+    # A cached copy that no longer matches is deleted with a clear error.
+    cached = tmp_path / "cache" / "weights" / entry.file
+    cached.write_bytes(b"junk")
+    with pytest.raises(SeglabError, match="does not match the given sha256.*deleted"):
+        zoo.read_pretrained("unet.big")
+    assert not cached.exists()

@@ -247,3 +247,24 @@ def test_evaluate_cli_flag():
     assert parser.parse_args(["evaluate", "x.pt", "--bf-protocol", "paper"]).bf_protocol == "paper"
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "x.pt", "--bf-protocol", "bsds"])
+
+
+def test_one_to_one_matching_is_maximum_on_random_graphs():
+    """seglab's Hopcroft-Karp (greedy start) finds matchings as large as scipy's, and valid ones."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    from seglab.metrics.boundary_paper import _maximum_matching
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, m = (int(v) for v in rng.integers(1, 30, size=2))
+        edges = np.unique(np.stack([rng.integers(0, n, 3 * (n + m)), rng.integers(0, m, 3 * (n + m))], 1), axis=0)
+        i, j = edges[:, 0], edges[:, 1]
+        order = np.lexsort((rng.random(len(i)), i))
+        ours = np.asarray(_maximum_matching(i[order], j[order], n, m))
+        graph = csr_matrix((np.ones(len(i)), (i, j)), shape=(n, m))
+        assert (ours >= 0).sum() == (maximum_bipartite_matching(graph, perm_type="column") >= 0).sum()
+        partners = ours[ours >= 0]
+        assert len(set(partners.tolist())) == len(partners)  # one to one
+        assert set(zip(np.flatnonzero(ours >= 0).tolist(), partners.tolist())) <= set(zip(i.tolist(), j.tolist()))

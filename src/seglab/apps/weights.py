@@ -24,7 +24,7 @@ from seglab.apps.evaluate import evaluate_checkpoint
 from seglab.core.errors import SeglabError
 from seglab.engine.logging import json_safe
 from seglab.models import zoo
-from seglab.models.zoo import PretrainedEntry, list_pretrained, read_pretrained, register_entry, write_weights_file
+from seglab.models.zoo import PretrainedEntry, list_pretrained, register_entry, write_weights_file
 from seglab.tasks.checkpoint import checkpoint_config, read_checkpoint
 
 __all__ = ["MAX_SHIPPED_BYTES", "format_weights_table", "pack_weights"]
@@ -44,7 +44,7 @@ def format_weights_table() -> str:
     rows = [f"{'name':<24}{'data (trained on / scored on)':<34}{'classes':>8}{'G':>7}{'C':>7}{'mIoU':>7}{'BF':>7}"
             f"{'MB':>6}  source"]
     for name in list_pretrained():
-        _, meta = read_pretrained(name)
+        meta = zoo.pretrained_metadata(name)
         val, trained = meta["val_metrics"], meta["trained"]
         entry_size = meta.get("size_bytes", 0) / 1e6
         data = f"{trained['dataset']} {trained['train_split']} / {trained['val_split']}"

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from seglab.core.atomic import atomic_write
 from seglab.core.errors import SeglabError
 
-__all__ = ["ALIASES", "TORCHVISION_WEIGHTS", "cache_dir", "cached_download", "check_state_dict", "load_model_weights",
+__all__ = ["ALIASES", "TORCHVISION_WEIGHTS", "cache_dir", "cached_download", "file_sha256", "check_state_dict", "load_model_weights",
            "load_state_dict", "strip_prefix", "upgrade_state_dict"]
 
 #: Backbones with registered names: ``what`` -> the torchvision weights enum whose members name them.
@@ -96,7 +96,8 @@ def _registered_url(source: str, what: str) -> tuple[str, str] | None:
     return weights.url, f"torchvision {enum_name}.{weights.name}"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -166,7 +167,7 @@ def cached_download(url: str, *, sha256: str | None, progress: bool, option: str
         raise SeglabError(f"{option} URL {url!r} names no file; give the URL of a .pth or .safetensors file.")
     target = cache_dir() / name
     if target.is_file() and sha256:
-        actual = _sha256(target)
+        actual = file_sha256(target)
         if not actual.startswith(sha256.lower()):
             target.unlink()
             raise SeglabError(
@@ -250,7 +251,7 @@ def load_state_dict(source: str | Path, *, what: str, sha256: str | None = None,
             f"names such as 'imagenet'; ImageNet backbone weights are set with weights_backbone). Pass a URL or "
             f"the path of a file written by {_how_to_save(what)}."
         )
-    if sha256 and not _sha256(path).startswith(sha256.lower()):
+    if sha256 and not file_sha256(path).startswith(sha256.lower()):
         raise SeglabError(f"{option} file {str(path)!r} does not match the given sha256 {sha256[:16]}...; "
                           "check that it is the intended file.")
     return _read(path, option=option, cached=False)

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,11 +27,11 @@ from torch import Tensor
 
 from seglab.core.atomic import atomic_write, atomic_write_text
 from seglab.core.errors import SeglabError, did_you_mean
-from seglab.models.weights import cached_download
+from seglab.models.weights import cached_download, file_sha256
 
 __all__ = ["WEIGHTS_DIR", "WEIGHTS_FORMAT", "PretrainedEntry", "get_pretrained", "is_pretrained_name",
-           "list_pretrained", "pretrained_entries", "read_pretrained", "read_weights_file", "register_entry",
-           "resolve_pretrained", "write_weights_file"]
+           "list_pretrained", "pretrained_entries", "pretrained_metadata", "read_pretrained", "read_weights_file",
+           "register_entry", "resolve_pretrained", "write_weights_file"]
 
 #: Where shipped weights live (package data).
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -92,14 +91,6 @@ def get_pretrained(name: str) -> PretrainedEntry:
     return entries[name]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _entry_path(entry: PretrainedEntry) -> Path:
     """The verified local file of ``entry`` (downloaded first for url entries)."""
     if entry.url is not None:
@@ -109,21 +100,20 @@ def _entry_path(entry: PretrainedEntry) -> Path:
     if not path.is_file():
         raise SeglabError(f"The weights file of {entry.name!r} ({path}) is missing from the installed package; "
                           "reinstall seglab (pip install --force-reinstall seglab).")
-    if _sha256(path) != entry.sha256:
+    if file_sha256(path) != entry.sha256:
         raise SeglabError(f"The weights file of {entry.name!r} ({path}) does not match its sha256 in "
                           f"{_index_path()}: it is damaged; reinstall seglab.")
     return path
 
 
-def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """``(fp32 state dict, metadata)`` of a seglab weights file (safetensors with a ``seglab`` header)."""
+def _open_weights_file(path: Path, tensors: bool) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors (if ``tensors``) and the checked ``seglab`` metadata of a weights file."""
     from safetensors import safe_open  # lazy: only weights files need it
 
-    path = Path(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except Exception as e:  # truncated or foreign files
         raise SeglabError(f"Could not read the weights file {str(path)!r} ({type(e).__name__}: {e}); it may be "
                           "truncated. Reinstall seglab, or write it again with `seglab weights pack`.") from e
@@ -131,7 +121,18 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, An
     if meta.get("format") != WEIGHTS_FORMAT:
         raise SeglabError(f"{str(path)!r} is a safetensors file without seglab metadata; write seglab weights "
                           "files with `seglab weights pack CHECKPOINT --name MODEL.TAG`.")
+    return state, meta
+
+
+def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(fp32 state dict, metadata)`` of a seglab weights file (safetensors with a ``seglab`` header)."""
+    state, meta = _open_weights_file(Path(path), tensors=True)
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, meta
+
+
+def pretrained_metadata(name: str) -> dict[str, Any]:
+    """The metadata of the trained weights ``name``, from the file header only (no tensors read)."""
+    return _open_weights_file(_entry_path(get_pretrained(name)), tensors=False)[1]
 
 
 def read_pretrained(name: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -146,7 +147,7 @@ def write_weights_file(path: str | Path, state: dict[str, Tensor], metadata: dic
     half = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()}
     header = {_HEADER_KEY: json.dumps({**metadata, "format": WEIGHTS_FORMAT}, sort_keys=True)}
     atomic_write(path, lambda tmp: save_file(half, tmp, metadata=header))
-    return _sha256(Path(path))
+    return file_sha256(Path(path))
 
 
 def register_entry(entry: PretrainedEntry, folder: Path | None = None) -> None:

@@ -130,3 +130,29 @@ def test_camvid_empty_directory(tmp_path):
     (tmp_path / "train.txt").write_text("\n")
     with pytest.raises(SeglabError, match="empty"):
         build_dataset(_camvid(tmp_path), "train")
+
+
+def test_split_with_sequence_prefixes_selects_frames(tmp_path):
+    """``train:0016E5,0006R0`` keeps the frames of those sequences; an unmatched prefix names those found."""
+    from seglab.data.build import parse_split
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "trainannot").mkdir()
+    lines = []
+    for seq, n in (("0001TP", 2), ("0006R0", 3), ("0016E5", 1)):
+        for i in range(n):
+            name = f"{seq}_{i:06d}.png"
+            Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "train" / name)
+            Image.fromarray(np.zeros((6, 8), np.uint8)).save(tmp_path / "trainannot" / name)
+            lines.append(f"train/{name} trainannot/{name}")
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    assert parse_split("train:0016E5, 0006R0") == ("train", ["0016E5", "0006R0"])
+    assert parse_split("val") == ("val", [])
+    cfg = _camvid(tmp_path, train_split="train:0016E5,0006R0", val_split="train:0001TP")
+    train, val = build_dataset(cfg, train=True), build_dataset(cfg, train=False)
+    assert len(train) == 4 and len(val) == 2
+    assert {p.name[:6] for p, _ in val.samples} == {"0001TP"}
+    with pytest.raises(SeglabError, match=r"no file name starts with Seq05VD.*0001TP, 0006R0, 0016E5"):
+        build_dataset(cfg, "train:Seq05VD")
+    with pytest.raises(SeglabError, match="names no file-name prefixes"):
+        build_dataset(cfg, "train:")

@@ -77,6 +77,8 @@ class DataConfig:
 
     dataset: str = "synthetic"  # camvid | folder | synthetic | isbi2012
     root: str | None = None
+    # A split name, optionally with file-name prefixes: "train:0016E5,0006R0" keeps the frames of
+    # those CamVid sequences, so a recipe can validate on a sequence it does not train on.
     train_split: str = "train"
     val_split: str = "val"
     # Folder data sets: number of classes, their names, RGB palette and palette-coded masks.

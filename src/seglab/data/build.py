@@ -163,6 +163,31 @@ def _folder_root(cfg: DataConfig) -> Path:
     return root
 
 
+def parse_split(split: str) -> tuple[str, list[str]]:
+    """``"train:0016E5,0006R0"`` -> ``("train", ["0016E5", "0006R0"])``; a plain name has no prefixes.
+
+    The prefixes select frames by the start of their file name: CamVid's sequence codes, so a
+    recipe can validate on a sequence it does not train on.
+    """
+    base, sep, rest = split.partition(":")
+    prefixes = [p.strip() for p in rest.split(",") if p.strip()] if sep else []
+    if sep and not prefixes:
+        raise SeglabError(f"Split {split!r} names no file-name prefixes after ':'; write e.g. 'train:0016E5,0006R0'.")
+    return base, prefixes
+
+
+def select_by_prefix(samples: list, prefixes: list[str], split: str) -> list:
+    """The samples whose image file name starts with one of ``prefixes``; none is an error listing those found."""
+    kept = [s for s in samples if any(Path(s[0]).name.startswith(p) for p in prefixes)]
+    if not kept:
+        found = sorted({Path(s[0]).name.split("_")[0] for s in samples})
+        raise SeglabError(
+            f"Split {split!r} selects no frames: no file name starts with {', '.join(prefixes)}. "
+            f"Name prefixes found: {', '.join(found[:12])}{', ...' if len(found) > 12 else ''}."
+        )
+    return kept
+
+
 def build_dataset(cfg: DataConfig, split: str | None = None, train: bool = False) -> SegmentationDataset:
     """The data set of ``split`` with training augmentation (``train=True``) or evaluation transforms.
 
@@ -193,12 +218,15 @@ def build_dataset(cfg: DataConfig, split: str | None = None, train: bool = False
         return _synthetic(cfg, info, split, train)
     if kind == "sunrgbd":
         return build_sunrgbd(cfg, info, split, train)
+    base_split, prefixes = parse_split(split)
     if kind == "camvid":
         root = resolve_camvid_root(cfg.root)
-        samples, void = camvid_samples(root, split), CAMVID_VOID
+        samples, void = camvid_samples(root, base_split), CAMVID_VOID
     else:
         root = _folder_root(cfg)
-        samples, void = folder_samples(root, split, cfg.train_split), None
+        samples, void = folder_samples(root, base_split, parse_split(cfg.train_split)[0]), None
+    if prefixes:
+        samples = select_by_prefix(samples, prefixes, split)
     if cfg.limit is not None:
         samples = samples[: cfg.limit]
     return SegmentationDataset(

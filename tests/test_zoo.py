@@ -43,7 +43,7 @@ def weights_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_pack_then_load_by_name_everywhere(trained, weights_dir, tmp_path, capsys):
-    entry = pack_weights(trained, "unet.tiny", recipe="inline", commit="abc123")
+    entry = pack_weights(trained, "unet.tiny", recipe="inline", commit="abc123", also_splits=["train"])
     assert (weights_dir / "unet.tiny.safetensors").stat().st_size == entry.size
     assert zoo.list_pretrained() == ["unet.tiny"]
     state, meta = zoo.read_pretrained("unet.tiny")
@@ -52,6 +52,9 @@ def test_pack_then_load_by_name_everywhere(trained, weights_dir, tmp_path, capsy
     assert meta["trained"]["train_seconds"] > 0 and meta["checkpoint"]["class_names"][0] == "Sky"
     assert abs(meta["val_metrics"]["miou"] - meta["val_metrics_fp32"]["miou"]) < 0.01  # fp16 vs fp32
     assert len(meta["val_metrics"]["iou"]) == 7
+    other = meta["other_metrics"]["train"]  # another split, scored with the fp16 weights
+    assert other["split"] == "train" and 0 <= other["miou"] <= 1 and other["miou"] != meta["val_metrics"]["miou"]
+    assert meta["trained"]["selected_on"] == "val"
 
     model = create_model("unet", num_classes=7, weights="tiny")  # the trained options (depth 2) are used
     original = read_checkpoint(trained).model

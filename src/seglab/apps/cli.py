@@ -139,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     wp.add_argument("--commit", help="the commit it was trained at (default: git HEAD)")
     wp.add_argument("--url", help="where the file will be published, for weights too large to ship (> 4 MB)")
     wp.add_argument("--split", default="val", help="split to score it on (default: val)")
+    wp.add_argument("--also-split", action="append", default=[], metavar="SPLIT",
+                    help="another split to score and record, e.g. train:0001TP (a sequence held out of training)")
 
     q = add("quickstart", "Train SegNet-Basic on built-in synthetic road scenes, evaluate it and draw overlays.",
             "seglab quickstart --out-dir runs")
@@ -293,7 +295,7 @@ def _cmd_weights(args: argparse.Namespace, extra: list[str]) -> int:
 
     if args.weights_command == "pack":
         pack_weights(args.checkpoint, args.name, out_dir=args.out_dir, recipe=args.recipe, commit=args.commit,
-                     url=args.url, overrides=extra, split=args.split)
+                     url=args.url, overrides=extra, split=args.split, also_splits=args.also_split)
     else:
         _no_extra(extra)
         print(format_weights_table())

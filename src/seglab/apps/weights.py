@@ -85,8 +85,13 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
 
 def pack_weights(checkpoint: str | Path, name: str, *, out_dir: str | Path | None = None, recipe: str | None = None,
                  commit: str | None = None, url: str | None = None, overrides: list[str] | None = None,
-                 split: str = "val", hardware: str | None = None) -> PretrainedEntry:
-    """Pack ``checkpoint`` as the trained weights ``name`` (``<model>.<tag>``) into ``out_dir``."""
+                 split: str = "val", hardware: str | None = None,
+                 also_splits: list[str] | None = None) -> PretrainedEntry:
+    """Pack ``checkpoint`` as the trained weights ``name`` (``<model>.<tag>``) into ``out_dir``.
+
+    ``also_splits`` (e.g. ``["train:0001TP"]``, a sequence held out of training) are scored with the
+    packed fp16 weights too and recorded under ``other_metrics``, beside the ``split`` figures.
+    """
     ckpt = read_checkpoint(checkpoint)
     model, _, tag = name.rpartition(".")
     if model != ckpt.meta.model_name or not tag:
@@ -99,6 +104,7 @@ def pack_weights(checkpoint: str | Path, name: str, *, out_dir: str | Path | Non
         "name": name,
         "checkpoint": dataclasses.asdict(ckpt.meta),
         "trained": {"dataset": cfg.data.dataset, "train_split": cfg.data.train_split, "val_split": split,
+                    "selected_on": cfg.data.val_split,
                     "input_size": cfg.data.image_size or cfg.data.crop_size, "recipe": recipe,
                     "commit": commit or _git_commit(), "train_seconds": _training_seconds(Path(checkpoint).parent),
                     "hardware": hardware or _hardware(), "epochs": ckpt.training.epoch if ckpt.training else None},
@@ -115,6 +121,10 @@ def pack_weights(checkpoint: str | Path, name: str, *, out_dir: str | Path | Non
         write_weights_file(trial, ckpt.model, {**metadata, "val_metrics": metadata["val_metrics_fp32"]})
         print(f"seglab: scoring the fp16 weights on {split} ...", flush=True)
         metadata["val_metrics"] = _summary(evaluate_checkpoint(str(trial), overrides, split))
+        metadata["other_metrics"] = {}
+        for other in also_splits or []:
+            print(f"seglab: scoring the fp16 weights on {other} ...", flush=True)
+            metadata["other_metrics"][other] = _summary(evaluate_checkpoint(str(trial), overrides, other))
         metadata["size_bytes"] = trial.stat().st_size
     if metadata["size_bytes"] > MAX_SHIPPED_BYTES and url is None:
         raise SeglabError(f"{name} is {metadata['size_bytes'] / 2**20:.1f} MiB in fp16, over the 4 MiB that may ship "

@@ -17,6 +17,7 @@ from seglab.core.config import Config, DataConfig, LossConfig, ModelConfig, Trai
 from seglab.data import build_dataset
 from seglab.engine.trainer import TrainResult, train
 from seglab.inference.predictor import Segmenter
+from seglab.models.zoo import list_pretrained
 from seglab.apps.predict import write_prediction
 from seglab.apps.visualize import colorize, save_png
 
@@ -55,6 +56,9 @@ def run_quickstart(out_dir: str = "runs", overrides: list[str] | None = None, ep
     print(f"  checkpoint : {result.best_checkpoint}")
     print(f"  overlays   : {overlay_dir}")
     print(f"Next: seglab predict {result.best_checkpoint} YOUR_IMAGE.png --out predictions/")
+    if "segnet_basic.camvid" in list_pretrained():
+        print("  or, on a real street photo, the SegNet-Basic trained on CamVid that ships with seglab:\n"
+              "      seglab predict segnet_basic.camvid YOUR_STREET_PHOTO.png --out predictions/")
     return result
 
 

@@ -140,6 +140,11 @@ def _parser() -> argparse.ArgumentParser:
     wp.add_argument("--url", help="where the file will be published, for weights too large to ship (> 4 MB)")
     wp.add_argument("--split", default="val", help="split to score it on (default: val)")
 
+    from seglab.apps.serve.settings import add_serve_arguments  # argparse only: keeps --help fast
+
+    add_serve_arguments(add("serve", "Serve a model over HTTP: a web page at /, POST /v1/segment, health, metrics, /docs.",
+                            "seglab serve unet.isbi2012 --port 8000\n  seglab serve best.pt --host 0.0.0.0 --api-key KEY"))
+
     q = add("quickstart", "Train SegNet-Basic on built-in synthetic road scenes, evaluate it and draw overlays.",
             "seglab quickstart --out-dir runs")
     q.add_argument("--out-dir", default="runs")
@@ -307,6 +312,15 @@ def _cmd_quickstart(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
+    from seglab.apps.serve.server import run_server
+    from seglab.apps.serve.settings import ServeSettings
+
+    _no_extra(extra)
+    run_server(args.model, ServeSettings.from_args(args), device=args.device, threads=args.threads)
+    return 0
+
+
 def _no_extra(extra: list[str]) -> None:
     if extra:
         raise SeglabError(f"Unrecognised arguments: {' '.join(extra)}. See --help.")
@@ -314,7 +328,7 @@ def _no_extra(extra: list[str]) -> None:
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "export": _cmd_export,
             "benchmark": _cmd_benchmark, "models": _cmd_models,
-            "data": _cmd_data, "weights": _cmd_weights, "quickstart": _cmd_quickstart}
+            "data": _cmd_data, "weights": _cmd_weights, "quickstart": _cmd_quickstart, "serve": _cmd_serve}
 
 
 def overrides_last(argv: list[str]) -> list[str]:

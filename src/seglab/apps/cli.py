@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--mc-samples", type=int, default=0,
                     help="Monte-Carlo dropout samples (Bayesian models): also writes uncertainty heat maps")
     _add_tta_arguments(pr)
+    pr.add_argument("--video", action="store_true", help="the inputs are videos (default: by extension, e.g. .mp4)")
+    pr.add_argument("--save-frames", action="store_true", help="videos: also write each frame's label PNG")
+    pr.add_argument("--every-n", type=int, default=1, help="videos: segment every n-th frame, reuse labels between")
+    pr.add_argument("--max-frames", type=int, help="videos: stop after this many frames")
 
     x = add("export", "Export a checkpoint to ONNX, check parity with PyTorch, optionally quantize to int8.",
             "seglab export runs/camvid/best.pt --format onnx --out segnet.onnx --int8 --data.root ../shared/data/camvid")
@@ -213,6 +217,14 @@ def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
 
         seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile,
                                         tile_overlap=args.tile_overlap, fast=not args.no_fast, tta=tta)
+    from seglab.apps.video import is_video, predict_videos
+
+    if args.video or any(is_video(item) for item in args.inputs):
+        if args.mc_samples:
+            raise SeglabError("--mc-samples is for images; drop it to predict videos.")
+        predict_videos(seg, args.inputs, args.out, args.alpha, save_frames=args.save_frames, every_n=args.every_n,
+                       max_frames=args.max_frames)
+        return 0
     files = predict_to_files(seg, args.inputs, args.out, args.alpha, mc_samples=args.mc_samples)
     print(f"seglab: wrote {len(files)} files to {args.out}")
     return 0

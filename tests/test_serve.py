@@ -214,3 +214,34 @@ def test_request_timeouts_504_and_408(seg) -> None:
                 reply += chunk
             reply = reply.decode("latin-1")
         assert reply.startswith("HTTP/1.1 408") and "upload_timeout" in reply
+
+
+def test_serves_checkpoints_onnx_files_and_weights_names(tmp_path, seg) -> None:
+    from seglab.apps.serve.runner import ModelRunner
+    from seglab.apps.serve.server import load_segmenter
+    from seglab.export.onnx import export_onnx
+    from seglab.tasks.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint(ckpt, {"model_name": "segnet_basic", "num_classes": 3, "class_names": seg.class_names,
+                           "palette": [list(c) for c in seg.palette], "mean": [0.4, 0.5, 0.6],
+                           "std": [0.2, 0.25, 0.3], "image_size": [32, 48], "model": seg.model.state_dict()})
+    onnx_file = tmp_path / "model.onnx"
+    export_onnx(ckpt, onnx_file, input_size=(32, 48))
+    images = [random_image(50), random_image(51)]
+    for source in (ckpt, onnx_file):
+        loaded, info = load_segmenter(str(source))
+        runner = ModelRunner(loaded)
+        batched = runner.run(images)
+        assert batched[0].batch_size == 2
+        for image, result in zip(images, batched):
+            np.testing.assert_array_equal(result.labels, loaded.predict(image))
+        with TestClient(create_app(loaded, ServeSettings(), info)) as c:
+            model = c.get("/v1/models").json()["models"][0]
+            r = c.post("/v1/segment?format=labels", content=png(images[0]))
+            mc = c.post("/v1/segment?mc_samples=2", content=png(images[0]))
+        assert model["backend"] == ("onnxruntime" if source == onnx_file else "torch")
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), loaded.predict(images[0]))
+        _error(mc, 422, "mc_unsupported")  # neither this dropout-free model nor an ONNX graph can sample
+    _, info = load_segmenter("unet.isbi2012")  # shipped weights by name carry their metadata
+    assert info["weights"]["name"] == "unet.isbi2012" and "val_metrics" in info["weights"]

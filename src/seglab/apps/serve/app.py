@@ -28,6 +28,7 @@ from seglab.apps.serve.render import page_maps, picture, summary
 from seglab.apps.serve.runner import ModelRunner
 from seglab.apps.serve.samples import sample_png, sample_names
 from seglab.apps.serve.settings import ServeSettings
+from seglab.apps.serve.upload import read_upload
 from seglab.core.version import __version__
 
 __all__ = ["create_app", "model_info"]
@@ -68,6 +69,12 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None, info: dict
     state: dict[str, Any] = {"ready": False, "batcher": None, "last_batch_s": 0.05}
     metrics = ServeMetrics(settings.max_batch_size, lambda: state["batcher"].queue.qsize() if state["batcher"] else 0)
     described = model_info(segmenter, info)
+
+    def _queue_full(batcher: MicroBatcher) -> ApiError:
+        # Retry-After: about the time the waiting batches take, at least a second.
+        wait = math.ceil(max(1.0, batcher.queue.qsize() / settings.max_batch_size * state["last_batch_s"]))
+        return ApiError(503, "queue_full", f"{batcher.queue.qsize()} requests are already waiting (--max-queue "
+                        f"{settings.max_queue}); try again shortly.", headers={"Retry-After": str(wait)})
 
     def run_batch(images, mc_samples):
         start = time.perf_counter()
@@ -162,17 +169,15 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None, info: dict
         if mc_samples and not (runner.supports_mc and described["mc_dropout"]):
             raise ApiError(422, "mc_unsupported", f"mc_samples needs a model with dropout (a Bayesian model) on the "
                            f"torch backend; {segmenter.model_name} has none.", "mc_samples=0")
-        from seglab.apps.serve.upload import read_upload
-
+        batcher: MicroBatcher = state["batcher"]
+        if batcher.queue.full():  # shed load before reading and decoding the body
+            raise _queue_full(batcher)
         data = await read_upload(request, settings.max_upload_bytes, settings.request_timeout_s)
         image = await anyio.to_thread.run_sync(decode_image, data, settings.max_pixels)
-        batcher: MicroBatcher = state["batcher"]
         try:
             future = batcher.submit(image, mc_samples)
         except QueueFull:
-            wait = math.ceil(max(1.0, batcher.queue.qsize() / settings.max_batch_size * state["last_batch_s"]))
-            raise ApiError(503, "queue_full", f"{batcher.queue.qsize()} requests are already waiting "
-                           f"(--max-queue {settings.max_queue}); try again shortly.", headers={"Retry-After": str(wait)})
+            raise _queue_full(batcher) from None
         left = settings.request_timeout_s - (time.perf_counter() - started)
         try:
             prediction = await asyncio.wait_for(future, max(left, 0.001))

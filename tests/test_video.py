@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 av = pytest.importorskip("av", reason="PyAV is not installed: pip install 'seglab[video]'")
@@ -97,6 +98,14 @@ def test_odd_size_and_cli(tmp_path, capsys) -> None:
     assert "3 frames" in out and "ms per frame: decode" in out
     frames, _ = _read(tmp_path / "cli" / "odd_overlay.mp4")
     assert len(frames) == 3 and frames[0].shape == (45, 63, 3)
+    renamed = tmp_path / "clip.bin"  # no video extension: --video says what it is
+    renamed.write_bytes(clip.read_bytes())
+    assert main(["predict", str(ckpt), str(renamed), "--video", "--out", str(tmp_path / "cli"), "--every-n", "2"]) == 0
+    assert len(_read(tmp_path / "cli" / "clip_overlay.mp4")[0]) == 4
+    image = tmp_path / "still.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    assert main(["predict", str(ckpt), str(clip), str(image), "--out", str(tmp_path / "mixed")]) == 2
+    assert "separate runs" in capsys.readouterr().err
 
 
 def test_frame_rate_falls_back_to_25(capsys) -> None:

@@ -222,8 +222,8 @@ def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     if args.video or any(is_video(item) for item in args.inputs):
         if args.mc_samples:
             raise SeglabError("--mc-samples is for images; drop it to predict videos.")
-        predict_videos(seg, args.inputs, args.out, args.alpha, save_frames=args.save_frames, every_n=args.every_n,
-                       max_frames=args.max_frames)
+        predict_videos(seg, args.inputs, args.out, args.alpha, forced=args.video, save_frames=args.save_frames,
+                       every_n=args.every_n, max_frames=args.max_frames)
         return 0
     files = predict_to_files(seg, args.inputs, args.out, args.alpha, mc_samples=args.mc_samples)
     print(f"seglab: wrote {len(files)} files to {args.out}")

@@ -183,11 +183,13 @@ def _output_stream(output: Any, shape: tuple[int, ...], fps: Fraction) -> Any:
     return stream
 
 
-def predict_videos(seg: Any, inputs: list[str], out_dir: str | Path, alpha: float = 0.5, **options: Any) -> list[VideoReport]:
-    """:func:`predict_video` for each input, printing each report."""
+def predict_videos(seg: Any, inputs: list[str], out_dir: str | Path, alpha: float = 0.5, forced: bool = False,
+                   **options: Any) -> list[VideoReport]:
+    """:func:`predict_video` for each input, printing each report; ``forced`` (``--video``): whatever
+    the extensions."""
     reports = []
     for item in inputs:
-        if Path(item).is_file() and not is_video(item):
+        if not forced and Path(item).is_file() and not is_video(item):
             raise SeglabError(f"{item!r} is not a video ({', '.join(sorted(VIDEO_SUFFIXES))}); predict images and "
                               "videos in separate runs.")
         reports.append(predict_video(seg, item, out_dir, alpha, **options))

@@ -7,6 +7,7 @@ is warmed in the application's start-up, and /readyz answers 503 until that is d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from importlib import resources
@@ -82,6 +83,7 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None, info: dict
         state["last_batch_s"] = time.perf_counter() - start
         return out
 
+    @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher = MicroBatcher(run_batch, settings.max_batch_size, settings.max_batch_delay_ms, settings.max_queue,
                                on_batch=metrics.observe_batch)

@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--mc-samples", type=int, default=0,
                     help="Monte-Carlo dropout samples (Bayesian models): also writes uncertainty heat maps")
     _add_tta_arguments(pr)
+    pr.add_argument("--video", action="store_true", help="the inputs are videos (default: by extension, e.g. .mp4)")
+    pr.add_argument("--save-frames", action="store_true", help="videos: also write each frame's label PNG")
+    pr.add_argument("--every-n", type=int, default=1, help="videos: segment every n-th frame, reuse labels between")
+    pr.add_argument("--max-frames", type=int, help="videos: stop after this many frames")
 
     x = add("export", "Export a checkpoint to ONNX, check parity with PyTorch, optionally quantize to int8.",
             "seglab export runs/camvid/best.pt --format onnx --out segnet.onnx --int8 --data.root ../shared/data/camvid")
@@ -141,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
     wp.add_argument("--split", default="val", help="split to score it on (default: val)")
     wp.add_argument("--also-split", action="append", default=[], metavar="SPLIT",
                     help="another split to score and record, e.g. train:0001TP (a sequence held out of training)")
+
+    from seglab.apps.serve.settings import add_serve_arguments  # argparse only: keeps --help fast
+
+    add_serve_arguments(add("serve", "Serve a model over HTTP: a web page at /, POST /v1/segment, health, metrics, /docs.",
+                            "seglab serve unet.isbi2012 --port 8000\n  seglab serve best.pt --host 0.0.0.0 --api-key KEY"))
 
     q = add("quickstart", "Train SegNet-Basic on built-in synthetic road scenes, evaluate it and draw overlays.",
             "seglab quickstart --out-dir runs")
@@ -210,6 +219,14 @@ def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
 
         seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile,
                                         tile_overlap=args.tile_overlap, fast=not args.no_fast, tta=tta)
+    from seglab.apps.video import is_video, predict_videos
+
+    if args.video or any(is_video(item) for item in args.inputs):
+        if args.mc_samples:
+            raise SeglabError("--mc-samples is for images; drop it to predict videos.")
+        predict_videos(seg, args.inputs, args.out, args.alpha, forced=args.video, save_frames=args.save_frames,
+                       every_n=args.every_n, max_frames=args.max_frames)
+        return 0
     files = predict_to_files(seg, args.inputs, args.out, args.alpha, mc_samples=args.mc_samples)
     print(f"seglab: wrote {len(files)} files to {args.out}")
     return 0
@@ -309,6 +326,15 @@ def _cmd_quickstart(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
+    from seglab.apps.serve.server import run_server
+    from seglab.apps.serve.settings import ServeSettings
+
+    _no_extra(extra)
+    run_server(args.model, ServeSettings.from_args(args), device=args.device, threads=args.threads)
+    return 0
+
+
 def _no_extra(extra: list[str]) -> None:
     if extra:
         raise SeglabError(f"Unrecognised arguments: {' '.join(extra)}. See --help.")
@@ -316,7 +342,7 @@ def _no_extra(extra: list[str]) -> None:
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "export": _cmd_export,
             "benchmark": _cmd_benchmark, "models": _cmd_models,
-            "data": _cmd_data, "weights": _cmd_weights, "quickstart": _cmd_quickstart}
+            "data": _cmd_data, "weights": _cmd_weights, "quickstart": _cmd_quickstart, "serve": _cmd_serve}
 
 
 def overrides_last(argv: list[str]) -> list[str]:

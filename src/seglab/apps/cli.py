@@ -154,7 +154,8 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     result = train(load_config(args.recipe, extra))
     if result.interrupted:
         return 130
-    print(f"seglab: done. Run folder: {result.run_dir}  (best: {result.best_checkpoint}, last: {result.last_checkpoint})")
+    if result.main_process:
+        print(f"seglab: done. Run folder: {result.run_dir}  (best: {result.best_checkpoint}, last: {result.last_checkpoint})")
     return 0
 
 

@@ -167,6 +167,10 @@ class TrainConfig:
     select_metric: str = "miou"  # metric picking the best checkpoint
     log_format: str = "jsonl"  # jsonl | csv
     progress: bool = True
+    # Distributed training (torchrun; docs/distributed.md). batch_size stays the global batch.
+    dist_backend: str = "auto"  # auto (nccl with CUDA, gloo without) | gloo | nccl
+    dist_timeout: float = 600.0  # seconds any collective may wait for the other ranks before the job fails
+    sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only)
 
     #: The choices of ``bf_protocol`` (``seglab.metrics.BF_PROTOCOLS``; core does not import metrics).
     BF_PROTOCOLS: typing.ClassVar[tuple[str, ...]] = ("fast", "paper")

@@ -3,6 +3,12 @@
 Each training sample carries its own seed, set inside the worker just before the
 random transforms run. So a run resumed in the middle of an epoch, with any number
 of worker processes, sees exactly the batches the uninterrupted run would have seen.
+
+Across processes (``torchrun``, :mod:`seglab.engine.distributed`) every rank draws the same order
+and takes its own slice of each global batch: for step ``s`` of global batch ``B`` over ``W``
+ranks, rank ``r`` gets positions ``s*B + r*B/W`` to ``s*B + (r+1)*B/W``. The ranks' shards are
+disjoint, their union is the one-process batch with the same per-sample seeds, and a resume skips
+whole global batches, so a run may resume on any number of processes.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ __all__ = ["SeededSampler", "build_train_loader", "build_eval_loader"]
 class SeededSampler(Sampler):
     """Yields ``(index, sample_seed)`` pairs in an order fixed by ``seed`` and the epoch."""
 
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(self, num_samples: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 global_batch: int = 1) -> None:
         self.num_samples = num_samples
         self.seed = seed
         self.shuffle = shuffle
+        self.rank, self.world_size, self.global_batch = rank, world_size, global_batch
         self.epoch = 0
         self.skip = 0
 
@@ -34,11 +42,21 @@ class SeededSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.num_samples, generator=g) if self.shuffle else torch.arange(self.num_samples)
         seeds = torch.randint(0, 2**62, (self.num_samples,), generator=g)
-        for pos in range(self.skip, self.num_samples):
+        for pos in self._positions():
             yield int(order[pos]), int(seeds[pos])
 
+    def _positions(self) -> range | Iterator[int]:
+        if self.world_size == 1:
+            return range(self.skip, self.num_samples)
+        share = self.global_batch // self.world_size
+        first_step, steps = self.skip // self.global_batch, self.num_samples // self.global_batch
+        return (s * self.global_batch + self.rank * share + i for s in range(first_step, steps) for i in range(share))
+
     def __len__(self) -> int:
-        return self.num_samples - self.skip
+        if self.world_size == 1:
+            return self.num_samples - self.skip
+        steps = self.num_samples // self.global_batch - self.skip // self.global_batch
+        return steps * (self.global_batch // self.world_size)
 
 
 class _SeededDataset(Dataset):
@@ -74,10 +92,16 @@ def _loader_kwargs(num_workers: int, pin_memory: bool) -> dict:
     return kwargs
 
 
-def build_train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    """Shuffled loader of full batches; call ``loader.sampler.set_epoch(e, skip)`` each epoch."""
-    sampler = SeededSampler(len(dataset), seed)  # type: ignore[arg-type]
-    return DataLoader(_SeededDataset(dataset), batch_size=batch_size, sampler=sampler, drop_last=True,
+def build_train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int, pin_memory: bool,
+                       rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Shuffled loader of full batches; call ``loader.sampler.set_epoch(e, skip)`` each epoch.
+
+    ``batch_size`` is the global batch; with ``world_size > 1`` this rank's loader yields its
+    ``batch_size // world_size`` share of each one.
+    """
+    sampler = SeededSampler(len(dataset), seed, rank=rank, world_size=world_size,  # type: ignore[arg-type]
+                            global_batch=batch_size)
+    return DataLoader(_SeededDataset(dataset), batch_size=batch_size // world_size, sampler=sampler, drop_last=True,
                       **_loader_kwargs(num_workers, pin_memory))
 
 

@@ -5,7 +5,8 @@ trains, validates every ``train.val_every`` epochs, appends a line to the metric
 and writes ``last.pt`` (and ``best.pt`` when the selected metric improves), always
 atomically. Ctrl-C or SIGTERM finishes the current step, writes a resumable
 ``last.pt`` and returns; a NaN/inf loss stops training and leaves the last good
-checkpoint untouched.
+checkpoint untouched. Under torchrun the same loop runs on every rank with
+DistributedDataParallel (:mod:`seglab.engine.distributed`); rank 0 alone prints and writes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from seglab.core.runtime import (
 )
 from seglab.core.version import __version__
 from seglab.data import build_dataset, compute_class_weights, dataset_info
+from seglab.engine.distributed import SINGLE_PROCESS, DistContext, combine_meters, distributed_session
+from seglab.engine.distributed import prepare_model, shard_range, split_batch_size, threads_per_process
 from seglab.engine.evaluate import evaluate_model
 from seglab.engine.loader import build_eval_loader, build_train_loader
 from seglab.engine.logging import MetricsLogger, dumps
@@ -70,24 +73,33 @@ class TrainResult:
     best_metrics: dict[str, Any] | None
     history: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
+    main_process: bool = True  # False on ranks other than 0 of a torchrun job: they print nothing
 
 
 def train(cfg: Config, callbacks: dict[str, Callable[["Trainer"], None]] | None = None) -> TrainResult:
-    """Train the model described by ``cfg``; returns where everything was written."""
-    return Trainer(cfg, callbacks).fit()
+    """Train the model described by ``cfg``; returns where everything was written.
+
+    Launched by torchrun, this process trains its share of each batch and joins the job's
+    process group for the length of the run.
+    """
+    t = cfg.train
+    with distributed_session(t.dist_backend, t.device, t.dist_timeout) as (dist, device):
+        return Trainer(cfg, callbacks, dist=dist, device=device).fit()
 
 
 class Trainer:
     """Trains one model per its config. ``callbacks['on_step_end'](trainer)`` runs after each step."""
 
-    def __init__(self, cfg: Config, callbacks: dict[str, Callable[["Trainer"], None]] | None = None) -> None:
+    def __init__(self, cfg: Config, callbacks: dict[str, Callable[["Trainer"], None]] | None = None,
+                 dist: DistContext = SINGLE_PROCESS, device: torch.device | None = None) -> None:
         self.cfg = cfg
         self.callbacks = callbacks or {}
         self.stop_requested: str | None = None
+        self.dist = dist
         t = cfg.train
-        configure_threads(t.threads)
+        configure_threads(threads_per_process(t.threads, dist))
         seed_everything(t.seed)
-        self.device = select_device(t.device)
+        self.device = device or select_device(t.device)
         self.amp_dtype = resolve_amp(t.amp, self.device)
         self.info = dataset_info(cfg.data)
         self._build_data()
@@ -100,7 +112,7 @@ class Trainer:
         elif t.init_from:
             self._init_from(t.init_from)
         self.run_dir = self._make_run_dir()
-        self.logger = MetricsLogger(self.run_dir, t.log_format)
+        self.logger = MetricsLogger(self.run_dir, t.log_format) if dist.is_main else None
 
     # ------------------------------------------------------------------ setup
     def _build_data(self) -> None:
@@ -110,11 +122,15 @@ class Trainer:
         if len(self.train_set) < t.batch_size:
             raise SeglabError(f"The training split has {len(self.train_set)} images, fewer than train.batch_size={t.batch_size}. "
                               "Lower --train.batch_size or add data.")
+        rank_batch = split_batch_size(t.batch_size, self.dist, len(self.train_set))
         # Validation runs at the labels' native resolution; the model sees data.image_size.
         val_data = dataclasses.replace(cfg.data, image_size=None)
         self.val_set = build_dataset(val_data, cfg.data.val_split, train=False) if t.val_every > 0 else None
-        self.train_loader = build_train_loader(self.train_set, t.batch_size, t.seed, cfg.data.num_workers, pin)
-        self.val_loader = (build_eval_loader(self.val_set, max(1, t.batch_size // 2), cfg.data.num_workers, pin)
+        if self.val_set is not None and self.dist.active:  # each rank scores its own block, none twice
+            self.val_set = torch.utils.data.Subset(self.val_set, shard_range(len(self.val_set), self.dist))
+        self.train_loader = build_train_loader(self.train_set, t.batch_size, t.seed, cfg.data.num_workers, pin,
+                                               self.dist.rank, self.dist.world_size)
+        self.val_loader = (build_eval_loader(self.val_set, max(1, rank_batch // 2), cfg.data.num_workers, pin)
                            if self.val_set is not None else None)
         self.steps_per_epoch = len(self.train_set) // t.batch_size
         if t.max_steps_per_epoch:
@@ -127,6 +143,8 @@ class Trainer:
         self.model = self.task.build_model(cfg).to(self.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # self.model stays the plain module (checkpoints, validation); steps run through DDP in a job.
+        self.model, self.train_model = prepare_model(self.model, self.dist, self.device, t.sync_bn)
         self.optimizer = build_optimizer(self.model, t)
         self.scheduler = build_scheduler(self.optimizer, t, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -137,9 +155,11 @@ class Trainer:
             run_dir = Path(t.resume).resolve().parent
         else:
             name = t.run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{self.cfg.model.name}-{self.cfg.data.dataset}"
-            run_dir = _unused_run_dir(Path(t.out_dir), name)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(self.cfg, run_dir / "config.yaml")
+            run_dir = _unused_run_dir(Path(t.out_dir), name) if self.dist.is_main else None
+            run_dir = self.dist.broadcast(run_dir)  # rank 0 names the folder (clocks and races differ)
+        if self.dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(self.cfg, run_dir / "config.yaml")
         return run_dir
 
     def _init_from(self, path: str) -> None:
@@ -179,15 +199,22 @@ class Trainer:
 
     def save(self, name: str, full: bool = True) -> Path:
         path = self.run_dir / name
-        save_checkpoint(path, self.checkpoint(full))
+        if self.dist.is_main:  # every rank holds the same weights; one writes them
+            save_checkpoint(path, self.checkpoint(full))
         return path
+
+    def say(self, text: str) -> None:
+        if self.dist.is_main:
+            print(text, flush=True)
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> TrainResult:
         t = self.cfg.train
         history: list[dict[str, Any]] = []
-        print(f"seglab: training {self.cfg.model.name} on {self.cfg.data.dataset} ({len(self.train_set)} images, "
-              f"{self.info.num_classes} classes) on {self.device}, precision {self.amp_dtype or 'fp32'}; run folder {self.run_dir}")
+        job = f" x {self.dist.world_size} processes ({self.dist.backend})" if self.dist.active else ""
+        self.say(f"seglab: training {self.cfg.model.name} on {self.cfg.data.dataset} ({len(self.train_set)} images, "
+                 f"{self.info.num_classes} classes) on {self.device}{job}, precision {self.amp_dtype or 'fp32'}; "
+                 f"run folder {self.run_dir}")
         with _StopOnSignal(self):
             while self.epoch < t.epochs and not self.stop_requested:
                 record = self._train_epoch()
@@ -199,21 +226,25 @@ class Trainer:
                 if self.val_loader is not None and (self.epoch % t.val_every == 0 or self.epoch == t.epochs):
                     record.update(self._validate())
                 history.append(record)
-                self.logger.log(record)
-                print(_epoch_line(record, t.epochs))
+                if self.logger is not None:
+                    self.logger.log(record)
+                self.say(_epoch_line(record, t.epochs))
                 self.save("last.pt")
         if self.stop_requested:
             path = self.save("last.pt")
-            print(f"\nseglab: stopped by {self.stop_requested} at epoch {self.epoch} step {self.step_in_epoch}; "
+            self.say(f"\nseglab: stopped by {self.stop_requested} at epoch {self.epoch} step {self.step_in_epoch}; "
                   f"resumable checkpoint written to {path}.\nResume with: seglab train {self.run_dir / 'config.yaml'} "
                   f"--train.resume {path}")
         if self.best_metrics is None and not self.stop_requested:
             self.save("best.pt", full=False)  # no validation ran: the final weights are the best we know
-        self.logger.close()
+        if self.logger is not None:
+            self.logger.close()
         best = self.run_dir / "best.pt"
         self._write_summary()
+        self.dist.barrier()  # no rank leaves while rank 0 still writes
         return TrainResult(self.run_dir, best if best.exists() else None, self.run_dir / "last.pt",
-                           self.best_metrics, history, interrupted=bool(self.stop_requested))
+                           self.best_metrics, history, interrupted=bool(self.stop_requested),
+                           main_process=self.dist.is_main)
 
     def _train_epoch(self) -> dict[str, Any]:
         t = self.cfg.train
@@ -222,7 +253,7 @@ class Trainer:
         steps_left = self.steps_per_epoch - self.step_in_epoch
         # disable=None: tqdm draws only on a terminal, so CI logs keep just the per-epoch lines.
         bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
-                   disable=None if t.progress else True, dynamic_ncols=True, mininterval=1.0, leave=False)
+                   disable=None if t.progress and self.dist.is_main else True, dynamic_ncols=True, mininterval=1.0, leave=False)
         loss_sum, seen, start = 0.0, 0, time.perf_counter()
         for i, item in enumerate(self.train_loader):
             if i >= steps_left:
@@ -236,7 +267,8 @@ class Trainer:
             bar.update(1)
             if "on_step_end" in self.callbacks:
                 self.callbacks["on_step_end"](self)
-            if self.stop_requested:
+            if self.dist.any(bool(self.stop_requested)):  # a signal on any rank stops all at this step
+                self.stop_requested = self.stop_requested or "a signal to another rank"
                 break
         bar.close()
         elapsed = time.perf_counter() - start
@@ -248,9 +280,9 @@ class Trainer:
         """One optimisation step on a batch prepared by the task, which also computes the loss."""
         t = self.cfg.train
         with autocast(self.device, self.amp_dtype):
-            output = self.task.forward(self.model, batch)
+            output = self.task.forward(self.train_model, batch)
         loss = self.task.loss(output, batch)
-        value = loss.item()
+        value = self.dist.mean(loss.item())  # the job's loss: every rank stops together on NaN
         if not math.isfinite(value):
             last = self.run_dir / "last.pt"
             kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written yet"
@@ -258,7 +290,7 @@ class Trainer:
                                    f"training stopped and {kept}. Lower --train.lr, set --train.grad_clip 1.0, "
                                    "or check the data for broken masks (`seglab data check`).")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward()  # DDP averages the gradients of the ranks' shares here
         if t.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -272,8 +304,9 @@ class Trainer:
     def _validate(self) -> dict[str, Any]:
         t = self.cfg.train
         start = time.perf_counter()
+        # The plain module: DDP's forward would sync buffers, and the ranks' shards may differ in length.
         results = evaluate_model(self.model, self.val_loader, self.task, self.device, self.amp_dtype,
-                                 channels_last=t.channels_last)
+                                 channels_last=t.channels_last, combine=lambda m: combine_meters(m, self.dist))
         summary = {f"val_{k}": results[k] for k in (*self.task.summary_keys, "iou") if k in results}
         summary["val_seconds"] = time.perf_counter() - start
         score = results.get(t.select_metric)
@@ -288,7 +321,7 @@ class Trainer:
         return summary
 
     def _write_summary(self) -> None:
-        if self.best_metrics is None:
+        if self.best_metrics is None or not self.dist.is_main:
             return
         atomic_write_text(self.run_dir / "metrics.json", dumps(
             {"split": self.cfg.data.val_split, "class_names": list(self.info.class_names), **self.best_metrics}, indent=2))

@@ -34,6 +34,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "apply_overrides",
+    "check_training_config",
 ]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -239,6 +240,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot in the mantissa) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise SeglabError(f"Config key {key!r} expects a number, got {value!r}.")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -335,6 +341,22 @@ def _set_key(cfg: Config, key: str, value: Any) -> None:
     section, name = key.split(".", 1)
     sub = getattr(cfg, section)
     _fill(sub, {name: value}, f"{section}.")
+
+
+def check_training_config(cfg: Config) -> None:
+    """Clear errors, before any data is read, for settings that cannot train (else raw tracebacks later)."""
+    t, d = cfg.train, cfg.data
+    if not t.lr > 0 or t.lr == float("inf"):
+        raise SeglabError(f"train.lr must be a positive number, got {t.lr}: e.g. --train.lr 0.01 (SGD) or 1e-3 (AdamW).")
+    for key, value in (("batch_size", t.batch_size), ("epochs", t.epochs)):
+        if value < 1:
+            raise SeglabError(f"train.{key} must be at least 1, got {value}.")
+    if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
+        raise SeglabError(f"train.max_steps_per_epoch must be at least 1 (or null for whole epochs), got {t.max_steps_per_epoch}.")
+    if d.crop_size is None and list(d.scale_range) != [1.0, 1.0] and t.batch_size > 1:
+        raise SeglabError(f"data.scale_range {d.scale_range} rescales every image to a different size, so a batch "
+                          "cannot be stacked without a crop: set --data.crop_size [H,W] (e.g. [144,192]) or "
+                          "--data.scale_range [1,1].")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from seglab.core.atomic import atomic_write_text
-from seglab.core.config import Config, config_to_dict, dump_config
+from seglab.core.config import Config, check_training_config, config_to_dict, dump_config
 from seglab.core.errors import SeglabError
 from seglab.core.runtime import (
     autocast, configure_threads, resolve_amp, rng_state, seed_everything, select_device, set_rng_state
@@ -40,7 +40,8 @@ from seglab.engine.logging import MetricsLogger, dumps
 from seglab.engine.optim import build_optimizer, build_scheduler
 from seglab.metrics import format_metrics_table
 from seglab.tasks import build_task
-from seglab.tasks.checkpoint import Checkpoint, CheckpointMeta, TrainingState, check_compatible, read_checkpoint, save_checkpoint
+from seglab.tasks.checkpoint import Checkpoint, CheckpointMeta, TrainingState, check_compatible, nonfinite_tensors
+from seglab.tasks.checkpoint import read_checkpoint, save_checkpoint
 
 __all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged"]
 
@@ -97,6 +98,7 @@ class Trainer:
         self.stop_requested: str | None = None
         self.dist = dist
         t = cfg.train
+        check_training_config(cfg)
         configure_threads(threads_per_process(t.threads, dist))
         seed_everything(t.seed)
         self.device = device or select_device(t.device)
@@ -199,6 +201,13 @@ class Trainer:
 
     def save(self, name: str, full: bool = True) -> Path:
         path = self.run_dir / name
+        bad = nonfinite_tensors(self.model.state_dict())  # on every rank, so all stop together
+        if bad:
+            last = self.run_dir / "last.pt"
+            kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written"
+            raise TrainingDiverged(f"The weights became NaN or inf ({', '.join(bad[:3])}) by epoch {self.epoch}, step "
+                                   f"{self.global_step}; {name} was not written and {kept}. Lower --train.lr or set "
+                                   "--train.grad_clip 1.0.")
         if self.dist.is_main:  # every rank holds the same weights; one writes them
             save_checkpoint(path, self.checkpoint(full))
         return path
@@ -261,7 +270,7 @@ class Trainer:
             batch = self.task.prepare_batch(item, self.device, t.channels_last)
             loss = self._train_step(batch)
             loss_sum += loss
-            seen += self.task.batch_size(batch)
+            seen += self.task.batch_size(batch) * self.dist.world_size  # the job's images, not this rank's
             rate = seen / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}", img_s=f"{rate:.1f}", refresh=False)
             bar.update(1)

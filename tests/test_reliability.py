@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,130 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkey
         save_checkpoint(run.last_checkpoint, load_checkpoint(run.last_checkpoint))
     assert run.last_checkpoint.read_bytes() == before
     assert not list(run.run_dir.glob(".*.tmp"))
+
+
+# ----------------------------------------------------------------------------- loader workers
+
+
+def _folder_with_a_corrupt_image(root: Path, n: int = 8, bad: int = 5) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 3, (32, 48), dtype=np.uint8)).save(root / "masks" / f"{i}.png")
+    path = root / "images" / f"{bad}.png"
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    return path
+
+
+def _folder_recipe(tmp_path: Path, root: Path, **train: object) -> Path:
+    import yaml
+
+    recipe = {"model": {"name": "unet", "kwargs": {"depth": 1, "base_channels": 4, "batch_norm": False}},
+              "data": {"dataset": "folder", "root": str(root), "num_classes": 3, "num_workers": 1},
+              "loss": {"class_weights": "none"},
+              "train": {"epochs": 2, "batch_size": 2, "threads": 1, "amp": "none", "val_every": 0, "progress": False,
+                        "out_dir": str(tmp_path / "runs"), "run_name": "run", **train}}
+    path = tmp_path / "folder.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_an_error_in_a_loader_worker_ends_the_process_with_the_seglab_message_alone(tmp_path):
+    bad = _folder_with_a_corrupt_image(tmp_path / "data")
+    start = time.monotonic()
+    done = seglab_cli("train", str(_folder_recipe(tmp_path, tmp_path / "data")), timeout=90)
+    assert time.monotonic() - start < 90
+    assert done.returncode == 2, done.stderr
+    flat = "".join(done.stderr.split())  # the CLI wraps lines (also at hyphens in paths)
+    assert flat.startswith(f"seglaberror:Cannotreadimage'{bad}'"), done.stderr
+    assert "Traceback" not in flat and "DataLoaderworker" not in flat
+    assert "`seglabdatacheck`" in flat
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_stops_gracefully(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "data"
+    _folder_with_a_corrupt_image(root, n=8, bad=0)
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(root / "images" / "0.png")  # all readable
+    recipe = _folder_recipe(tmp_path, root, epochs=500)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "seglab", "train", str(recipe)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    run = tmp_path / "runs" / "run"
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "metrics.jsonl").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)  # the main process and its loader worker, as `kill -TERM -PGID` does
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    assert "stopped by SIGTERM" in out
+    assert load_checkpoint(run / "last.pt")["optimizer"] is not None
+
+
+# ----------------------------------------------------------------------------- run folder bookkeeping
+
+
+def test_resume_cleans_temporaries_trims_the_log_and_keeps_the_epoch_mean_loss(tmp_path):
+    full = train(tiny(tmp_path / "a", epochs=3, batch_size=2))
+
+    def stop_mid_epoch_2(trainer):
+        if trainer.global_step == 6:  # 4 steps per epoch
+            trainer.stop_requested = "test"
+
+    part = train(tiny(tmp_path / "b", epochs=3, batch_size=2), callbacks={"on_step_end": stop_mid_epoch_2})
+    run = part.run_dir
+    (run / ".last.pt.k2j4x9ab.tmp").write_bytes(b"orphan of a killed save")
+    with (run / "metrics.jsonl").open("a") as f:  # as if killed after logging an epoch but before its last.pt
+        f.write('{"epoch": 2, "train_loss": 9.9}\n')
+    resumed = train(tiny(tmp_path / "b", epochs=3, batch_size=2, resume=str(part.last_checkpoint)))
+    assert not list(run.glob(".*.tmp"))
+    import json
+
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logged] == [1, 2, 3]
+    reference = [json.loads(line) for line in (full.run_dir / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(reference, logged):  # epoch 2's mean covers its steps before and after the resume
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+    assert resumed.history[-1]["epoch"] == 3
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def test_every_command_named_in_a_message_exists():
+    """Each `seglab WORD [ACTION]` quoted in the source is a real subcommand (and action)."""
+    import argparse
+    import re
+
+    from seglab.apps.cli import _parser
+
+    def choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+    commands = choices(_parser())
+    named = set()
+    for path in (REPO / "src" / "seglab").rglob("*.py"):
+        for word, action in re.findall(r"`seglab ([a-z][a-z0-9-]*)(?: ([a-z][a-z0-9-]*))?", path.read_text()):
+            named.add((word, action, path.name))
+    assert len(named) > 10
+    for word, action, where in sorted(named):
+        assert word in commands, f"{where} names `seglab {word}`, which is not a command"
+        actions = choices(commands[word])
+        if actions and action:
+            assert action in actions, f"{where} names `seglab {word} {action}`, which is not an action"

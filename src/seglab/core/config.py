@@ -334,7 +334,11 @@ def _set_key(cfg: Config, key: str, value: Any) -> None:
         return
     valid = _all_keys(cfg)
     if key not in valid:
-        raise SeglabError(f"Unknown config key {key!r}.{did_you_mean(key, valid)} Run `seglab train --help` for the list.")
+        section = key.split(".", 1)[0]
+        same = [k for k in valid if k.startswith(f"{section}.")]
+        listed = (f"Keys under {section}: {', '.join(same)}." if same else
+                  f"Keys start with one of: {', '.join(sorted({k.split('.', 1)[0] for k in valid}))}.")
+        raise SeglabError(f"Unknown config key {key!r}.{did_you_mean(key, valid)} {listed}")
     if "." not in key:  # a top-level setting such as ``task``
         _fill(cfg, {key: value}, "")
         return

@@ -46,7 +46,7 @@ def _unreadable(path: Path, kind: str, err: Exception) -> SeglabError:
     return SeglabError(
         f"Cannot read {kind.lower()} {str(path)!r}: {err}. The file is unreadable or corrupt "
         "(a truncated download or a non-image file with an image extension); re-extract the data set "
-        "or delete this file and its partner, then run `seglab check-data` on the folder."
+        "or delete this file and its partner, then run `seglab data check` on the folder."
     )
 
 

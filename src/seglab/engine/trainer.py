@@ -11,9 +11,9 @@ DistributedDataParallel (:mod:`seglab.engine.distributed`); rank 0 alone prints 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from seglab.core.atomic import atomic_write_text
+from seglab.core.atomic import atomic_write_text, remove_stale_temporaries
 from seglab.core.config import Config, check_training_config, config_to_dict, dump_config
 from seglab.core.errors import SeglabError
 from seglab.core.runtime import (
@@ -35,7 +35,8 @@ from seglab.data import build_dataset, compute_class_weights, dataset_info
 from seglab.engine.distributed import SINGLE_PROCESS, DistContext, combine_meters, distributed_session
 from seglab.engine.distributed import prepare_model, shard_range, split_batch_size, threads_per_process
 from seglab.engine.evaluate import evaluate_model
-from seglab.engine.loader import build_eval_loader, build_train_loader
+from seglab.engine.loader import build_eval_loader, build_train_loader, close_loader
+from seglab.engine.signals import StopOnSignal
 from seglab.engine.logging import MetricsLogger, dumps
 from seglab.engine.optim import build_optimizer, build_scheduler
 from seglab.metrics import format_metrics_table
@@ -106,7 +107,7 @@ class Trainer:
         self.info = dataset_info(cfg.data)
         self._build_data()
         self._build_model()
-        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.epoch, self.step_in_epoch, self.global_step, self.epoch_loss_sum = 0, 0, 0, 0.0
         self.best_score = -math.inf
         self.best_metrics: dict[str, Any] | None = None
         if t.resume:
@@ -115,6 +116,8 @@ class Trainer:
             self._init_from(t.init_from)
         self.run_dir = self._make_run_dir()
         self.logger = MetricsLogger(self.run_dir, t.log_format) if dist.is_main else None
+        if self.logger is not None and t.resume:  # epochs logged after the checkpoint was written are redone
+            self.logger.trim(self.epoch)
 
     # ------------------------------------------------------------------ setup
     def _build_data(self) -> None:
@@ -161,6 +164,7 @@ class Trainer:
             run_dir = self.dist.broadcast(run_dir)  # rank 0 names the folder (clocks and races differ)
         if self.dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(run_dir)
             dump_config(self.cfg, run_dir / "config.yaml")
         return run_dir
 
@@ -181,6 +185,7 @@ class Trainer:
         self.scheduler.load_state_dict(state.scheduler)
         self.scaler.load_state_dict(state.scaler)
         self.epoch, self.step_in_epoch, self.global_step = state.epoch, state.step_in_epoch, state.global_step
+        self.epoch_loss_sum = state.epoch_loss_sum or 0.0
         self.best_score, self.best_metrics = state.best_score, state.best_metrics
         set_rng_state(state.rng)
 
@@ -191,7 +196,8 @@ class Trainer:
         meta = CheckpointMeta(**self.task.checkpoint_metadata(), model_name=cfg.model.name,
                               model_kwargs=dict(cfg.model.kwargs), mean=list(cfg.data.mean), std=list(cfg.data.std),
                               seglab_version=__version__, config=config_to_dict(cfg))
-        training = TrainingState(self.epoch, self.step_in_epoch, self.global_step, self.best_score, self.best_metrics)
+        training = TrainingState(self.epoch, self.step_in_epoch, self.global_step, self.best_score, self.best_metrics,
+                                 epoch_loss_sum=self.epoch_loss_sum)
         if full:
             training = dataclasses.replace(training, optimizer=self.optimizer.state_dict(),
                                            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
@@ -224,21 +230,21 @@ class Trainer:
         self.say(f"seglab: training {self.cfg.model.name} on {self.cfg.data.dataset} ({len(self.train_set)} images, "
                  f"{self.info.num_classes} classes) on {self.device}{job}, precision {self.amp_dtype or 'fp32'}; "
                  f"run folder {self.run_dir}")
-        with _StopOnSignal(self):
+        with StopOnSignal(self), _closing(self.train_loader, self.val_loader):
             while self.epoch < t.epochs and not self.stop_requested:
                 record = self._train_epoch()
-                if self.stop_requested:
+                if self._agree_to_stop():
                     break
                 self.epoch += 1
-                self.step_in_epoch = 0
+                self.step_in_epoch, self.epoch_loss_sum = 0, 0.0
                 record["epoch"] = self.epoch
                 if self.val_loader is not None and (self.epoch % t.val_every == 0 or self.epoch == t.epochs):
                     record.update(self._validate())
                 history.append(record)
-                if self.logger is not None:
+                self.save("last.pt")
+                if self.logger is not None:  # after the checkpoint: a crash between the two never logs twice
                     self.logger.log(record)
                 self.say(_epoch_line(record, t.epochs))
-                self.save("last.pt")
         if self.stop_requested:
             path = self.save("last.pt")
             self.say(f"\nseglab: stopped by {self.stop_requested} at epoch {self.epoch} step {self.step_in_epoch}; "
@@ -263,27 +269,43 @@ class Trainer:
         # disable=None: tqdm draws only on a terminal, so CI logs keep just the per-epoch lines.
         bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
                    disable=None if t.progress and self.dist.is_main else True, dynamic_ncols=True, mininterval=1.0, leave=False)
-        loss_sum, seen, start = 0.0, 0, time.perf_counter()
-        for i, item in enumerate(self.train_loader):
-            if i >= steps_left:
+        seen, done, start = 0, 0, time.perf_counter()
+        batches = iter(self.train_loader)
+        for _ in range(steps_left):
+            item = self._next_item(batches)
+            if self._agree_to_stop():  # before the step, so a rank without a batch never enters it
                 break
             batch = self.task.prepare_batch(item, self.device, t.channels_last)
             loss = self._train_step(batch)
-            loss_sum += loss
+            self.epoch_loss_sum += loss
+            done += 1
             seen += self.task.batch_size(batch) * self.dist.world_size  # the job's images, not this rank's
             rate = seen / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}", img_s=f"{rate:.1f}", refresh=False)
             bar.update(1)
             if "on_step_end" in self.callbacks:
                 self.callbacks["on_step_end"](self)
-            if self.dist.any(bool(self.stop_requested)):  # a signal on any rank stops all at this step
-                self.stop_requested = self.stop_requested or "a signal to another rank"
-                break
         bar.close()
         elapsed = time.perf_counter() - start
-        steps = max(1, i + 1 if seen else 0)
-        return {"step": self.global_step, "lr": self.scheduler.get_last_lr()[0], "train_loss": loss_sum / steps,
+        # The whole epoch's mean, also across a resume (epoch_loss_sum travels in last.pt).
+        return {"step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
+                "train_loss": self.epoch_loss_sum / max(1, self.step_in_epoch),
                 "train_images_per_s": seen / elapsed if elapsed > 0 else 0.0, "epoch_seconds": elapsed}
+
+    def _next_item(self, batches: Any) -> Any:
+        """The next loader item, or None when a stop was requested and the workers are gone with it."""
+        try:
+            return next(batches)
+        except (RuntimeError, OSError, EOFError):  # the workers died of a SIGTERM sent to the process group
+            if self.stop_requested:
+                return None
+            raise
+
+    def _agree_to_stop(self) -> bool:
+        """Whether any rank was asked to stop; every rank then stops at the same step."""
+        if self.dist.any(bool(self.stop_requested)):
+            self.stop_requested = self.stop_requested or "a signal to another rank"
+        return bool(self.stop_requested)
 
     def _train_step(self, batch: Any) -> float:
         """One optimisation step on a batch prepared by the task, which also computes the loss."""
@@ -348,26 +370,11 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     return line
 
 
-class _StopOnSignal:
-    """Turns the first SIGINT/SIGTERM into a graceful stop request; a second SIGINT aborts at once."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        self.previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.trainer.stop_requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.trainer.stop_requested = signal.Signals(signum).name
-
-    def __enter__(self) -> "_StopOnSignal":
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self.previous.clear()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+@contextlib.contextmanager
+def _closing(*loaders: Any):
+    """Stop the loaders' worker processes however training ends (they would outlive an error)."""
+    try:
+        yield
+    finally:
+        for loader in loaders:
+            close_loader(loader)

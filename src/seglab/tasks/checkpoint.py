@@ -77,6 +77,7 @@ class TrainingState:
     scheduler: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
     rng: dict[str, Any] | None = None
+    epoch_loss_sum: float | None = None  # sum of the epoch's step losses so far (its logged mean spans a resume)
 
     @property
     def resumable(self) -> bool:
@@ -149,6 +150,10 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
             return torch.load(path, map_location=map_location, weights_only=True)
 
 
+class CheckpointWriteError(SeglabError, OSError):
+    """Writing a checkpoint failed (disk full, no permission): a user-facing OSError."""
+
+
 class NonFiniteWeights(SeglabError):
     """A checkpoint's weights hold NaN or inf (training diverged)."""
 
@@ -173,7 +178,7 @@ def save_checkpoint(path: str | Path, state: Checkpoint | dict[str, Any]) -> Non
     try:
         atomic_write(path, lambda tmp: torch.save(state, tmp))
     except OSError as e:
-        raise SeglabError(f"Could not write checkpoint {str(path)!r} ({e.strerror or e}); the previous file there, if "
+        raise CheckpointWriteError(f"Could not write checkpoint {str(path)!r} ({e.strerror or e}); the previous file there, if "
                           f"any, is unchanged. Free disk space or make {str(Path(path).parent)!r} writable, then "
                           "resume from the last checkpoint.") from e
 

@@ -66,9 +66,22 @@ def _torchrun_command(recipe: Path, *overrides: str, nproc: int = 2) -> tuple[li
     return cmd, env
 
 
-def torchrun(recipe: Path, *overrides: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def _kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and its workers (their own session), so no orphan outlives a failed test."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def torchrun(recipe: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
     cmd, env = _torchrun_command(recipe, *overrides)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        _kill_job(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _assert_same_weights(a_path: Path, b_path: Path) -> None:
@@ -127,10 +140,11 @@ def _worker_pids(agent: int) -> dict[int, int]:
 def _start_and_hit_rank1(tmp_path: Path, sig: int) -> tuple[subprocess.CompletedProcess, float, Path]:
     recipe = _recipe(tmp_path, epochs=100, val_every=0)
     cmd, env = _torchrun_command(recipe, "--train.run_name", "long")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True)
     run = tmp_path / "runs" / "long"
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240  # startup: 3 interpreters importing torch on shared cores
         while not (run / "metrics.jsonl").exists():  # an epoch done: both ranks are in the loop
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.2)
@@ -139,9 +153,7 @@ def _start_and_hit_rank1(tmp_path: Path, sig: int) -> tuple[subprocess.Completed
         out, err = proc.communicate(timeout=60)
         return subprocess.CompletedProcess(cmd, proc.returncode, out, err), time.monotonic() - hit, run
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        _kill_job(proc)
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through Linux /proc")

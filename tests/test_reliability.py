@@ -199,7 +199,7 @@ def test_sigterm_to_the_process_group_with_loader_workers_stops_gracefully(tmp_p
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     run = tmp_path / "runs" / "run"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240
         while not (run / "metrics.jsonl").exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.2)

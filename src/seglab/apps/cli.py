@@ -123,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     dc.add_argument("path")
     dc.add_argument("--num-classes", type=int)
     dc.add_argument("--split", help="only this split")
+    dc.add_argument("--ignore-index", type=int, help="mask value marking void pixels (default: 11 for CamVid, else 255)")
     dsub.add_parser("list", help="List the data sets `seglab data download` fetches: size, licence, content.")
     dd = dsub.add_parser("download", help="Download, verify and extract a data set into DIR, then check it.",
                          description="Download (resumable), verify the checksum, extract atomically, run data check.",
@@ -165,7 +166,8 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     result = train(load_config(args.recipe, extra))
     if result.interrupted:
         return 130
-    print(f"seglab: done. Run folder: {result.run_dir}  (best: {result.best_checkpoint}, last: {result.last_checkpoint})")
+    if result.main_process:
+        print(f"seglab: done. Run folder: {result.run_dir}  (best: {result.best_checkpoint}, last: {result.last_checkpoint})")
     return 0
 
 
@@ -302,7 +304,7 @@ def _cmd_data(args: argparse.Namespace, extra: list[str]) -> int:
         return 0 if report is None or report.ok else 1
     if args.data_command != "check":
         raise SeglabError("Use `seglab data check PATH`, `seglab data list` or `seglab data download NAME DIR`.")
-    report = check_dataset(args.path, num_classes=args.num_classes, split=args.split)
+    report = check_dataset(args.path, num_classes=args.num_classes, split=args.split, ignore_index=args.ignore_index)
     print(report.format())
     return 0 if report.ok else 1
 

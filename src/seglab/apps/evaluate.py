@@ -43,6 +43,7 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: st
     if tta is not None and mc_samples:
         raise SeglabError("--tta and --mc-samples cannot be combined: test-time augmentation averages flipped and "
                           "rescaled views of a deterministic model; choose one.")
+    _refuse_inapplicable(overrides or [])
     ckpt = read_checkpoint(path)
     meta = ckpt.meta
     cfg = apply_overrides(checkpoint_config(ckpt), overrides or [])
@@ -74,6 +75,21 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: st
     extra = {"onnx": str(onnx)} if onnx is not None else {}
     return {"checkpoint": str(path), **extra, "split": split, "tta": tta.to_dict() if tta is not None else None,
             "class_names": list(info.class_names), **results}
+
+
+#: The only ``train.`` keys evaluation reads; model and loss come from the checkpoint itself.
+_EVALUATE_TRAIN_KEYS = ("train.amp", "train.bf_protocol", "train.threads")
+
+
+def _refuse_inapplicable(overrides: list[str]) -> None:
+    """A clear error for overrides that evaluation would silently ignore (it scores the checkpoint's model)."""
+    keys = [t[2:].split("=", 1)[0] for t in overrides if t.startswith("--")]
+    ignored = [k for k in keys if k.split(".", 1)[0] in ("model", "loss", "task")
+               or (k.startswith("train.") and k not in _EVALUATE_TRAIN_KEYS)]
+    if ignored:
+        raise SeglabError(f"seglab evaluate scores the checkpoint's own model, so --{ignored[0]} cannot apply: drop it. "
+                          "Overrides here set the data (--data.root, --data.num_workers, ...), --train.amp and "
+                          "--train.bf_protocol; to score another model, pass its checkpoint.")
 
 
 class _OnnxModule(nn.Module):

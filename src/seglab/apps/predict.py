@@ -74,12 +74,21 @@ def predict_to_files(segmenter: Segmenter, inputs: list[str], out_dir: str | Pat
     """
     out = Path(out_dir)
     written: list[Path] = []
-    for path in expand_inputs(inputs):
-        image = segmenter.load(path)
-        if mc_samples:
-            maps = segmenter.predict_mc(image, mc_samples)
-            written += write_prediction(segmenter, image, maps["labels"], out, path.stem, alpha)
-            written += write_uncertainty(maps, segmenter.num_classes, out, path.stem)
-        else:
-            written += write_prediction(segmenter, image, segmenter.predict(image), out, path.stem, alpha)
+    failed: list[tuple[Path, str]] = []
+    paths = expand_inputs(inputs)
+    for path in paths:
+        try:  # one bad image must not leave the good ones after it unpredicted
+            image = segmenter.load(path)
+            if mc_samples:
+                maps = segmenter.predict_mc(image, mc_samples)
+                written += write_prediction(segmenter, image, maps["labels"], out, path.stem, alpha)
+                written += write_uncertainty(maps, segmenter.num_classes, out, path.stem)
+            else:
+                written += write_prediction(segmenter, image, segmenter.predict(image), out, path.stem, alpha)
+        except SeglabError as e:
+            failed.append((path, str(e)))
+    if failed:
+        listed = "; ".join(f"{p}: {why}" for p, why in failed[:10]) + ("; ..." if len(failed) > 10 else "")
+        raise SeglabError(f"{len(failed)} of {len(paths)} images could not be predicted (the other "
+                          f"{len(paths) - len(failed)} were written to {out}, {len(written)} files): {listed}")
     return written

@@ -34,6 +34,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "apply_overrides",
+    "check_training_config",
 ]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -169,6 +170,10 @@ class TrainConfig:
     select_metric: str = "miou"  # metric picking the best checkpoint
     log_format: str = "jsonl"  # jsonl | csv
     progress: bool = True
+    # Distributed training (torchrun; docs/distributed.md). batch_size stays the global batch.
+    dist_backend: str = "auto"  # auto (nccl with CUDA, gloo without) | gloo | nccl
+    dist_timeout: float = 600.0  # seconds any collective may wait for the other ranks before the job fails
+    sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only)
 
     #: The choices of ``bf_protocol`` (``seglab.metrics.BF_PROTOCOLS``; core does not import metrics).
     BF_PROTOCOLS: typing.ClassVar[tuple[str, ...]] = ("fast", "paper")
@@ -237,6 +242,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot in the mantissa) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise SeglabError(f"Config key {key!r} expects a number, got {value!r}.")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -326,13 +336,33 @@ def _set_key(cfg: Config, key: str, value: Any) -> None:
         return
     valid = _all_keys(cfg)
     if key not in valid:
-        raise SeglabError(f"Unknown config key {key!r}.{did_you_mean(key, valid)} Run `seglab train --help` for the list.")
+        section = key.split(".", 1)[0]
+        same = [k for k in valid if k.startswith(f"{section}.")]
+        listed = (f"Keys under {section}: {', '.join(same)}." if same else
+                  f"Keys start with one of: {', '.join(sorted({k.split('.', 1)[0] for k in valid}))}.")
+        raise SeglabError(f"Unknown config key {key!r}.{did_you_mean(key, valid)} {listed}")
     if "." not in key:  # a top-level setting such as ``task``
         _fill(cfg, {key: value}, "")
         return
     section, name = key.split(".", 1)
     sub = getattr(cfg, section)
     _fill(sub, {name: value}, f"{section}.")
+
+
+def check_training_config(cfg: Config) -> None:
+    """Clear errors, before any data is read, for settings that cannot train (else raw tracebacks later)."""
+    t, d = cfg.train, cfg.data
+    if not t.lr > 0 or t.lr == float("inf"):
+        raise SeglabError(f"train.lr must be a positive number, got {t.lr}: e.g. --train.lr 0.01 (SGD) or 1e-3 (AdamW).")
+    for key, value in (("batch_size", t.batch_size), ("epochs", t.epochs)):
+        if value < 1:
+            raise SeglabError(f"train.{key} must be at least 1, got {value}.")
+    if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
+        raise SeglabError(f"train.max_steps_per_epoch must be at least 1 (or null for whole epochs), got {t.max_steps_per_epoch}.")
+    if d.crop_size is None and list(d.scale_range) != [1.0, 1.0] and t.batch_size > 1:
+        raise SeglabError(f"data.scale_range {d.scale_range} rescales every image to a different size, so a batch "
+                          "cannot be stacked without a crop: set --data.crop_size [H,W] (e.g. [144,192]) or "
+                          "--data.scale_range [1,1].")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -81,11 +81,20 @@ def _listing(root: Path, limit: int = 8) -> str:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the header, after an integrity check that does not decode pixels."""
+    """``(width, height)``, after decoding every pixel: ``verify()`` alone checks PNG chunks but does
+    nothing for JPEG, whose truncation only shows when the pixels are decoded."""
+    if path.stat().st_size == 0:
+        raise _EmptyFile(path.name)
     with Image.open(path) as im:
         size = im.size
-        im.verify()  # walks the chunks and checksums: catches truncated and corrupt files
+        im.verify()  # PNG: walks the chunks and checksums
+    with Image.open(path) as im:
+        im.load()  # every format: decodes the pixels, so a truncated JPEG fails here
     return size
+
+
+class _EmptyFile(Exception):
+    """A zero-byte file (PIL would call it "cannot identify image file")."""
 
 
 def _value_counts(mask: np.ndarray) -> Counter:
@@ -100,9 +109,15 @@ def _value_counts(mask: np.ndarray) -> Counter:
 def _scan_pair(scan: _SplitScan, image: Path, mask: Path) -> None:
     try:
         size = _image_size(image)
-    except Exception as e:  # noqa: BLE001 - any failure to parse means "unreadable" here
-        scan.unreadable.append(f"{image.name} ({type(e).__name__})")
+    except _EmptyFile:
+        scan.unreadable.append(f"{image.name} (empty: 0 bytes)")
         size = None
+    except Exception as e:  # noqa: BLE001 - any failure to parse means "unreadable" here
+        scan.unreadable.append(f"{image.name} ({type(e).__name__}: {str(e)[:60]})")
+        size = None
+    if mask.is_file() and mask.stat().st_size == 0:
+        scan.unreadable.append(f"{mask.name} (mask, empty: 0 bytes)")
+        return
     try:
         arr = read_mask(mask)
     except RGBMaskError:
@@ -271,8 +286,9 @@ def _value_issues(report: DatasetReport, scan: _SplitScan) -> None:
             "error",
             split,
             f"{len(offenders)} mask(s) have values outside [0, {n}) other than the ignore index {ignore}: {values}; "
-            f"e.g. {files_text(offenders)}. Set --data.num_classes to {max(bad_files) + 1} if these are classes, "
-            "or --data.ignore_index if one of them marks void.",
+            f"e.g. {files_text(offenders)}. If these are classes, check again with --num-classes {max(bad_files) + 1} "
+            f"(train with --data.num_classes {max(bad_files) + 1}); if one marks void, check with --ignore-index "
+            "VALUE (train with --data.ignore_index VALUE).",
         )
     absent = [report.class_label(c).strip() for c in range(n) if scan.summary.histogram.get(c, 0) == 0]
     if absent and scan.values:
@@ -322,6 +338,13 @@ def check_dataset(
     default_ignore = CAMVID_VOID if layout == "camvid" else 255
     report = DatasetReport(root, layout, ignore_index=default_ignore if ignore_index is None else int(ignore_index))
     if layout == "unknown":
+        lone = [d for d in [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+                if (d / "images").is_dir() and not (d / "masks").is_dir() and not (d / "labels").is_dir()]
+        if lone:
+            report.add("error", None, f"{str(lone[0] / 'images')!r} has no masks/ folder beside it: a folder data set "
+                       "pairs images/<name>.jpg with masks/<name>.png (class ids per pixel); ISBI 2012 uses labels/. "
+                       "Add the masks, or predict unlabelled images with `seglab predict`.")
+            return report
         report.add(
             "error",
             None,

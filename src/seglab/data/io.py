@@ -43,10 +43,13 @@ class RGBMaskError(SeglabError):
 def _unreadable(path: Path, kind: str, err: Exception) -> SeglabError:
     if not path.exists():
         return SeglabError(f"{kind} file {str(path)!r} does not exist. Check --data.root and the data set layout.")
+    if path.is_file() and path.stat().st_size == 0:
+        return SeglabError(f"{kind} file {str(path)!r} is empty (0 bytes): an interrupted copy or download. Copy it "
+                           "again or delete it and its partner, then run `seglab data check` on the folder.")
     return SeglabError(
         f"Cannot read {kind.lower()} {str(path)!r}: {err}. The file is unreadable or corrupt "
         "(a truncated download or a non-image file with an image extension); re-extract the data set "
-        "or delete this file and its partner, then run `seglab check-data` on the folder."
+        "or delete this file and its partner, then run `seglab data check` on the folder."
     )
 
 

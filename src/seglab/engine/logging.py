@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
+
+from seglab.core.atomic import atomic_write_text
 
 __all__ = ["MetricsLogger", "json_safe", "dumps"]
 
@@ -61,6 +64,27 @@ class MetricsLogger:
                 if isinstance(value, (int, float)) and key != "epoch" and value == value:
                     self._tb.add_scalar(key, value, record.get("epoch", 0))
             self._tb.flush()
+
+    def trim(self, last_epoch: int) -> None:
+        """Drop records of epochs after ``last_epoch`` (logged after the checkpoint a run resumes from)."""
+        if not self.path.exists():
+            return
+        if self.fmt == "jsonl":
+            lines = self.path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= last_epoch]
+            if len(kept) != len(lines):
+                atomic_write_text(self.path, "".join(kept))
+            return
+        with self.path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        kept_rows = [r for r in rows if int(float(r.get("epoch") or 0)) <= last_epoch]
+        if len(kept_rows) != len(rows):
+            fields = list(rows[0]) if rows else []
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept_rows)
+            atomic_write_text(self.path, buffer.getvalue())
 
     def close(self) -> None:
         if self._tb is not None:

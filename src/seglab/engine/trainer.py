@@ -5,14 +5,15 @@ trains, validates every ``train.val_every`` epochs, appends a line to the metric
 and writes ``last.pt`` (and ``best.pt`` when the selected metric improves), always
 atomically. Ctrl-C or SIGTERM finishes the current step, writes a resumable
 ``last.pt`` and returns; a NaN/inf loss stops training and leaves the last good
-checkpoint untouched.
+checkpoint untouched. Under torchrun the same loop runs on every rank with
+DistributedDataParallel (:mod:`seglab.engine.distributed`); rank 0 alone prints and writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,21 +24,25 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from seglab.core.atomic import atomic_write_text
-from seglab.core.config import Config, config_to_dict, dump_config
+from seglab.core.atomic import atomic_write_text, remove_stale_temporaries
+from seglab.core.config import Config, check_training_config, config_to_dict, dump_config
 from seglab.core.errors import SeglabError
 from seglab.core.runtime import (
     autocast, configure_threads, resolve_amp, rng_state, seed_everything, select_device, set_rng_state
 )
 from seglab.core.version import __version__
 from seglab.data import build_dataset, compute_class_weights, dataset_info
+from seglab.engine.distributed import SINGLE_PROCESS, DistContext, combine_meters, distributed_session
+from seglab.engine.distributed import prepare_model, shard_range, split_batch_size, threads_per_process
 from seglab.engine.evaluate import evaluate_model
-from seglab.engine.loader import build_eval_loader, build_train_loader
+from seglab.engine.loader import build_eval_loader, build_train_loader, close_loader
+from seglab.engine.signals import StopOnSignal
 from seglab.engine.logging import MetricsLogger, dumps
 from seglab.engine.optim import build_optimizer, build_scheduler
 from seglab.metrics import format_metrics_table
 from seglab.tasks import build_task
-from seglab.tasks.checkpoint import Checkpoint, CheckpointMeta, TrainingState, check_compatible, read_checkpoint, save_checkpoint
+from seglab.tasks.checkpoint import Checkpoint, CheckpointMeta, TrainingState, check_compatible, nonfinite_tensors
+from seglab.tasks.checkpoint import read_checkpoint, save_checkpoint
 
 __all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged"]
 
@@ -70,29 +75,39 @@ class TrainResult:
     best_metrics: dict[str, Any] | None
     history: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
+    main_process: bool = True  # False on ranks other than 0 of a torchrun job: they print nothing
 
 
 def train(cfg: Config, callbacks: dict[str, Callable[["Trainer"], None]] | None = None) -> TrainResult:
-    """Train the model described by ``cfg``; returns where everything was written."""
-    return Trainer(cfg, callbacks).fit()
+    """Train the model described by ``cfg``; returns where everything was written.
+
+    Launched by torchrun, this process trains its share of each batch and joins the job's
+    process group for the length of the run.
+    """
+    t = cfg.train
+    with distributed_session(t.dist_backend, t.device, t.dist_timeout) as (dist, device):
+        return Trainer(cfg, callbacks, dist=dist, device=device).fit()
 
 
 class Trainer:
     """Trains one model per its config. ``callbacks['on_step_end'](trainer)`` runs after each step."""
 
-    def __init__(self, cfg: Config, callbacks: dict[str, Callable[["Trainer"], None]] | None = None) -> None:
+    def __init__(self, cfg: Config, callbacks: dict[str, Callable[["Trainer"], None]] | None = None,
+                 dist: DistContext = SINGLE_PROCESS, device: torch.device | None = None) -> None:
         self.cfg = cfg
         self.callbacks = callbacks or {}
         self.stop_requested: str | None = None
+        self.dist = dist
         t = cfg.train
-        configure_threads(t.threads)
+        check_training_config(cfg)
+        configure_threads(threads_per_process(t.threads, dist))
         seed_everything(t.seed)
-        self.device = select_device(t.device)
+        self.device = device or select_device(t.device)
         self.amp_dtype = resolve_amp(t.amp, self.device)
         self.info = dataset_info(cfg.data)
         self._build_data()
         self._build_model()
-        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.epoch, self.step_in_epoch, self.global_step, self.epoch_loss_sum = 0, 0, 0, 0.0
         self.best_score = -math.inf
         self.best_metrics: dict[str, Any] | None = None
         if t.resume:
@@ -100,7 +115,9 @@ class Trainer:
         elif t.init_from:
             self._init_from(t.init_from)
         self.run_dir = self._make_run_dir()
-        self.logger = MetricsLogger(self.run_dir, t.log_format)
+        self.logger = MetricsLogger(self.run_dir, t.log_format) if dist.is_main else None
+        if self.logger is not None and t.resume:  # epochs logged after the checkpoint was written are redone
+            self.logger.trim(self.epoch)
 
     # ------------------------------------------------------------------ setup
     def _build_data(self) -> None:
@@ -110,11 +127,15 @@ class Trainer:
         if len(self.train_set) < t.batch_size:
             raise SeglabError(f"The training split has {len(self.train_set)} images, fewer than train.batch_size={t.batch_size}. "
                               "Lower --train.batch_size or add data.")
+        rank_batch = split_batch_size(t.batch_size, self.dist, len(self.train_set))
         # Validation runs at the labels' native resolution; the model sees data.image_size.
         val_data = dataclasses.replace(cfg.data, image_size=None)
         self.val_set = build_dataset(val_data, cfg.data.val_split, train=False) if t.val_every > 0 else None
-        self.train_loader = build_train_loader(self.train_set, t.batch_size, t.seed, cfg.data.num_workers, pin)
-        self.val_loader = (build_eval_loader(self.val_set, max(1, t.batch_size // 2), cfg.data.num_workers, pin)
+        if self.val_set is not None and self.dist.active:  # each rank scores its own block, none twice
+            self.val_set = torch.utils.data.Subset(self.val_set, shard_range(len(self.val_set), self.dist))
+        self.train_loader = build_train_loader(self.train_set, t.batch_size, t.seed, cfg.data.num_workers, pin,
+                                               self.dist.rank, self.dist.world_size)
+        self.val_loader = (build_eval_loader(self.val_set, max(1, rank_batch // 2), cfg.data.num_workers, pin)
                            if self.val_set is not None else None)
         self.steps_per_epoch = len(self.train_set) // t.batch_size
         if t.max_steps_per_epoch:
@@ -127,6 +148,8 @@ class Trainer:
         self.model = self.task.build_model(cfg).to(self.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # self.model stays the plain module (checkpoints, validation); steps run through DDP in a job.
+        self.model, self.train_model = prepare_model(self.model, self.dist, self.device, t.sync_bn)
         self.optimizer = build_optimizer(self.model, t)
         self.scheduler = build_scheduler(self.optimizer, t, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -137,9 +160,12 @@ class Trainer:
             run_dir = Path(t.resume).resolve().parent
         else:
             name = t.run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{self.cfg.model.name}-{self.cfg.data.dataset}"
-            run_dir = _unused_run_dir(Path(t.out_dir), name)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(self.cfg, run_dir / "config.yaml")
+            run_dir = _unused_run_dir(Path(t.out_dir), name) if self.dist.is_main else None
+            run_dir = self.dist.broadcast(run_dir)  # rank 0 names the folder (clocks and races differ)
+        if self.dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(run_dir)
+            dump_config(self.cfg, run_dir / "config.yaml")
         return run_dir
 
     def _init_from(self, path: str) -> None:
@@ -159,6 +185,7 @@ class Trainer:
         self.scheduler.load_state_dict(state.scheduler)
         self.scaler.load_state_dict(state.scaler)
         self.epoch, self.step_in_epoch, self.global_step = state.epoch, state.step_in_epoch, state.global_step
+        self.epoch_loss_sum = state.epoch_loss_sum or 0.0
         self.best_score, self.best_metrics = state.best_score, state.best_metrics
         set_rng_state(state.rng)
 
@@ -169,7 +196,8 @@ class Trainer:
         meta = CheckpointMeta(**self.task.checkpoint_metadata(), model_name=cfg.model.name,
                               model_kwargs=dict(cfg.model.kwargs), mean=list(cfg.data.mean), std=list(cfg.data.std),
                               seglab_version=__version__, config=config_to_dict(cfg))
-        training = TrainingState(self.epoch, self.step_in_epoch, self.global_step, self.best_score, self.best_metrics)
+        training = TrainingState(self.epoch, self.step_in_epoch, self.global_step, self.best_score, self.best_metrics,
+                                 epoch_loss_sum=self.epoch_loss_sum)
         if full:
             training = dataclasses.replace(training, optimizer=self.optimizer.state_dict(),
                                            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
@@ -179,41 +207,59 @@ class Trainer:
 
     def save(self, name: str, full: bool = True) -> Path:
         path = self.run_dir / name
-        save_checkpoint(path, self.checkpoint(full))
+        bad = nonfinite_tensors(self.model.state_dict())  # on every rank, so all stop together
+        if bad:
+            last = self.run_dir / "last.pt"
+            kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written"
+            raise TrainingDiverged(f"The weights became NaN or inf ({', '.join(bad[:3])}) by epoch {self.epoch}, step "
+                                   f"{self.global_step}; {name} was not written and {kept}. Lower --train.lr or set "
+                                   "--train.grad_clip 1.0.")
+        if self.dist.is_main:  # every rank holds the same weights; one writes them
+            save_checkpoint(path, self.checkpoint(full))
         return path
+
+    def say(self, text: str) -> None:
+        if self.dist.is_main:
+            print(text, flush=True)
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> TrainResult:
         t = self.cfg.train
         history: list[dict[str, Any]] = []
-        print(f"seglab: training {self.cfg.model.name} on {self.cfg.data.dataset} ({len(self.train_set)} images, "
-              f"{self.info.num_classes} classes) on {self.device}, precision {self.amp_dtype or 'fp32'}; run folder {self.run_dir}")
-        with _StopOnSignal(self):
+        job = f" x {self.dist.world_size} processes ({self.dist.backend})" if self.dist.active else ""
+        self.say(f"seglab: training {self.cfg.model.name} on {self.cfg.data.dataset} ({len(self.train_set)} images, "
+                 f"{self.info.num_classes} classes) on {self.device}{job}, precision {self.amp_dtype or 'fp32'}; "
+                 f"run folder {self.run_dir}")
+        with StopOnSignal(self), _closing(self.train_loader, self.val_loader):
             while self.epoch < t.epochs and not self.stop_requested:
                 record = self._train_epoch()
-                if self.stop_requested:
+                if self._agree_to_stop():
                     break
                 self.epoch += 1
-                self.step_in_epoch = 0
+                self.step_in_epoch, self.epoch_loss_sum = 0, 0.0
                 record["epoch"] = self.epoch
                 if self.val_loader is not None and (self.epoch % t.val_every == 0 or self.epoch == t.epochs):
                     record.update(self._validate())
                 history.append(record)
-                self.logger.log(record)
-                print(_epoch_line(record, t.epochs))
                 self.save("last.pt")
+                if self.logger is not None:  # after the checkpoint: a crash between the two never logs twice
+                    self.logger.log(record)
+                self.say(_epoch_line(record, t.epochs))
         if self.stop_requested:
             path = self.save("last.pt")
-            print(f"\nseglab: stopped by {self.stop_requested} at epoch {self.epoch} step {self.step_in_epoch}; "
+            self.say(f"\nseglab: stopped by {self.stop_requested} at epoch {self.epoch} step {self.step_in_epoch}; "
                   f"resumable checkpoint written to {path}.\nResume with: seglab train {self.run_dir / 'config.yaml'} "
                   f"--train.resume {path}")
         if self.best_metrics is None and not self.stop_requested:
             self.save("best.pt", full=False)  # no validation ran: the final weights are the best we know
-        self.logger.close()
+        if self.logger is not None:
+            self.logger.close()
         best = self.run_dir / "best.pt"
         self._write_summary()
+        self.dist.barrier()  # no rank leaves while rank 0 still writes
         return TrainResult(self.run_dir, best if best.exists() else None, self.run_dir / "last.pt",
-                           self.best_metrics, history, interrupted=bool(self.stop_requested))
+                           self.best_metrics, history, interrupted=bool(self.stop_requested),
+                           main_process=self.dist.is_main)
 
     def _train_epoch(self) -> dict[str, Any]:
         t = self.cfg.train
@@ -222,35 +268,52 @@ class Trainer:
         steps_left = self.steps_per_epoch - self.step_in_epoch
         # disable=None: tqdm draws only on a terminal, so CI logs keep just the per-epoch lines.
         bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
-                   disable=None if t.progress else True, dynamic_ncols=True, mininterval=1.0, leave=False)
-        loss_sum, seen, start = 0.0, 0, time.perf_counter()
-        for i, item in enumerate(self.train_loader):
-            if i >= steps_left:
+                   disable=None if t.progress and self.dist.is_main else True, dynamic_ncols=True, mininterval=1.0, leave=False)
+        seen, done, start = 0, 0, time.perf_counter()
+        batches = iter(self.train_loader)
+        for _ in range(steps_left):
+            item = self._next_item(batches)
+            if self._agree_to_stop():  # before the step, so a rank without a batch never enters it
                 break
             batch = self.task.prepare_batch(item, self.device, t.channels_last)
             loss = self._train_step(batch)
-            loss_sum += loss
-            seen += self.task.batch_size(batch)
+            self.epoch_loss_sum += loss
+            done += 1
+            seen += self.task.batch_size(batch) * self.dist.world_size  # the job's images, not this rank's
             rate = seen / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}", img_s=f"{rate:.1f}", refresh=False)
             bar.update(1)
             if "on_step_end" in self.callbacks:
                 self.callbacks["on_step_end"](self)
-            if self.stop_requested:
-                break
         bar.close()
         elapsed = time.perf_counter() - start
-        steps = max(1, i + 1 if seen else 0)
-        return {"step": self.global_step, "lr": self.scheduler.get_last_lr()[0], "train_loss": loss_sum / steps,
+        # The whole epoch's mean, also across a resume (epoch_loss_sum travels in last.pt).
+        return {"step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
+                "train_loss": self.epoch_loss_sum / max(1, self.step_in_epoch),
                 "train_images_per_s": seen / elapsed if elapsed > 0 else 0.0, "epoch_seconds": elapsed}
+
+    def _next_item(self, batches: Any) -> Any:
+        """The next loader item, or None when a stop was requested and the workers are gone with it."""
+        try:
+            return next(batches)
+        except (RuntimeError, OSError, EOFError):  # the workers died of a SIGTERM sent to the process group
+            if self.stop_requested:
+                return None
+            raise
+
+    def _agree_to_stop(self) -> bool:
+        """Whether any rank was asked to stop; every rank then stops at the same step."""
+        if self.dist.any(bool(self.stop_requested)):
+            self.stop_requested = self.stop_requested or "a signal to another rank"
+        return bool(self.stop_requested)
 
     def _train_step(self, batch: Any) -> float:
         """One optimisation step on a batch prepared by the task, which also computes the loss."""
         t = self.cfg.train
         with autocast(self.device, self.amp_dtype):
-            output = self.task.forward(self.model, batch)
+            output = self.task.forward(self.train_model, batch)
         loss = self.task.loss(output, batch)
-        value = loss.item()
+        value = self.dist.mean(loss.item())  # the job's loss: every rank stops together on NaN
         if not math.isfinite(value):
             last = self.run_dir / "last.pt"
             kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written yet"
@@ -258,7 +321,7 @@ class Trainer:
                                    f"training stopped and {kept}. Lower --train.lr, set --train.grad_clip 1.0, "
                                    "or check the data for broken masks (`seglab data check`).")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward()  # DDP averages the gradients of the ranks' shares here
         if t.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -272,8 +335,9 @@ class Trainer:
     def _validate(self) -> dict[str, Any]:
         t = self.cfg.train
         start = time.perf_counter()
+        # The plain module: DDP's forward would sync buffers, and the ranks' shards may differ in length.
         results = evaluate_model(self.model, self.val_loader, self.task, self.device, self.amp_dtype,
-                                 channels_last=t.channels_last)
+                                 channels_last=t.channels_last, combine=lambda m: combine_meters(m, self.dist))
         summary = {f"val_{k}": results[k] for k in (*self.task.summary_keys, "iou") if k in results}
         summary["val_seconds"] = time.perf_counter() - start
         score = results.get(t.select_metric)
@@ -288,7 +352,7 @@ class Trainer:
         return summary
 
     def _write_summary(self) -> None:
-        if self.best_metrics is None:
+        if self.best_metrics is None or not self.dist.is_main:
             return
         atomic_write_text(self.run_dir / "metrics.json", dumps(
             {"split": self.cfg.data.val_split, "class_names": list(self.info.class_names), **self.best_metrics}, indent=2))
@@ -306,26 +370,11 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     return line
 
 
-class _StopOnSignal:
-    """Turns the first SIGINT/SIGTERM into a graceful stop request; a second SIGINT aborts at once."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        self.previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.trainer.stop_requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.trainer.stop_requested = signal.Signals(signum).name
-
-    def __enter__(self) -> "_StopOnSignal":
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self.previous.clear()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+@contextlib.contextmanager
+def _closing(*loaders: Any):
+    """Stop the loaders' worker processes however training ends (they would outlive an error)."""
+    try:
+        yield
+    finally:
+        for loader in loaders:
+            close_loader(loader)

@@ -161,11 +161,22 @@ class Segmenter(Predictor):
         return cls.from_checkpoint(name, device=device, amp=amp, tile=tile, tile_overlap=tile_overlap, fast=fast,
                                    tta=tta)
 
+    #: Largest image (pixels) run through the model in one pass at its own size; above it the
+    #: activations of even a small network take many GB (8000x8000: 6.9 GB), so ask for tiles.
+    max_untiled_pixels: int = 4096 * 4096
+
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
     def predict_logits(self, image: ImageLike) -> torch.Tensor:
         """Logits ``C x H x W`` (float32, CPU) at the image's own size."""
-        x = self.preprocess(image).to(self.device)
+        x = self.preprocess(image)
+        h, w = x.shape[-2:]
+        if self.tile is None and self.infer_size is None and h * w > self.max_untiled_pixels:
+            side = int(self.max_untiled_pixels ** 0.5)
+            raise SeglabError(f"The image is {w}x{h} ({h * w / 1e6:.0f} megapixels), too large for one pass (at most "
+                              f"about {side}x{side}): predict it in tiles with --tile 1024 1024 "
+                              "(Segmenter(tile=(1024, 1024))), or downscale it.")
+        x = x.to(self.device)
         with autocast(self.device, self.amp_dtype):
             if self.tta is not None:  # scales relative to infer_size; tiles run at the image's own size
                 logits = tta_forward(self._view_logits, x, self.tta.scales, self.tta.flip,

@@ -9,6 +9,7 @@ with :func:`read_checkpoint`, so no other module spells the dict's keys. Files w
 A checkpoint is written to a temporary file in the same folder and renamed over the target, so a
 crash mid-write leaves the previous file intact. Loading never runs code from the file
 (``torch.load(weights_only=True)``): a checkpoint holds tensors, numbers, strings, lists and dicts.
+Weights with NaN or inf are never written (:class:`NonFiniteWeights`) and never loaded without an error.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,11 @@ from torch import nn
 from seglab.core.atomic import atomic_write
 from seglab.core.config import Config, config_from_dict
 from seglab.core.errors import SeglabError
+from seglab.core.version import __version__
 from seglab.models.registry import create_model
 from seglab.models.zoo import is_pretrained_name, read_pretrained, read_weights_file
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointMeta", "TrainingState", "check_compatible",
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointMeta", "NonFiniteWeights", "TrainingState", "check_compatible",
            "checkpoint_config", "load_checkpoint", "model_from_checkpoint", "read_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "seglab-checkpoint-v1"
@@ -74,6 +77,7 @@ class TrainingState:
     scheduler: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
     rng: dict[str, Any] | None = None
+    epoch_loss_sum: float | None = None  # sum of the epoch's step losses so far (its logged mean spans a resume)
 
     @property
     def resumable(self) -> bool:
@@ -146,10 +150,37 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
             return torch.load(path, map_location=map_location, weights_only=True)
 
 
+class CheckpointWriteError(SeglabError, OSError):
+    """Writing a checkpoint failed (disk full, no permission): a user-facing OSError."""
+
+
+class NonFiniteWeights(SeglabError):
+    """A checkpoint's weights hold NaN or inf (training diverged)."""
+
+
+def nonfinite_tensors(weights: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``weights`` holding a NaN or inf."""
+    return [k for k, v in weights.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def save_checkpoint(path: str | Path, state: Checkpoint | dict[str, Any]) -> None:
-    """Atomically save a :class:`Checkpoint` (or an already flat checkpoint dict)."""
+    """Atomically save a :class:`Checkpoint` (or an already flat checkpoint dict).
+
+    Refuses weights with NaN/inf (:class:`NonFiniteWeights`); a failed write (disk full, no
+    permission) leaves the previous file at ``path`` as it was and names the path.
+    """
     state = state.to_dict() if isinstance(state, Checkpoint) else {"format": CHECKPOINT_FORMAT, **state}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    bad = nonfinite_tensors(state.get("model") or {})
+    if bad:
+        raise NonFiniteWeights(f"Not writing {str(path)!r}: its weights hold NaN or inf ({', '.join(bad[:3])}"
+                               f"{', ...' if len(bad) > 3 else ''}); training diverged.")
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except OSError as e:
+        raise CheckpointWriteError(f"Could not write checkpoint {str(path)!r} ({e.strerror or e}); the previous file there, if "
+                          f"any, is unchanged. Free disk space or make {str(Path(path).parent)!r} writable, then "
+                          "resume from the last checkpoint.") from e
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -165,6 +196,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # pickle, zip or truncation errors all mean the same to a user
         raise SeglabError(f"Checkpoint {str(path)!r} could not be read ({type(e).__name__}: {e}). "
                           "It may be truncated or not a PyTorch file; use a best.pt or last.pt written by `seglab train`.") from e
+    newer = isinstance(ckpt, dict) and re.fullmatch(r"seglab-checkpoint-v(\d+)", str(ckpt.get("format", "")))
+    if newer and int(newer.group(1)) > int(CHECKPOINT_FORMAT.rsplit("v", 1)[1]):
+        raise SeglabError(f"Checkpoint {str(path)!r} was written by a newer seglab ({ckpt.get('seglab_version', 'unknown')}, "
+                          f"format {ckpt['format']}); this is seglab {__version__}, which reads {CHECKPOINT_FORMAT}. "
+                          "Upgrade seglab (pip install -U seglab) to use it.")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise SeglabError(f"{str(path)!r} is not a seglab checkpoint (no '{CHECKPOINT_FORMAT}' marker). "
                           "Plain state dicts cannot rebuild a model; use a checkpoint written by `seglab train`.")
@@ -181,6 +217,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if text.endswith(".safetensors") and Path(text).is_file():
         return _from_weights(*read_weights_file(text))
     state = load_checkpoint(path, map_location)
+    bad = nonfinite_tensors(state.get("model") or {}) if isinstance(state.get("model"), dict) else []
+    if bad:
+        raise NonFiniteWeights(f"Checkpoint {str(path)!r} holds NaN or inf weights ({', '.join(bad[:3])}): the run it "
+                               "came from diverged. Use an earlier checkpoint, or retrain with a lower --train.lr.")
     try:
         return Checkpoint.from_dict(state)
     except (KeyError, TypeError) as e:

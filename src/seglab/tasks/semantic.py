@@ -85,6 +85,23 @@ class SemanticMetrics:
             self.slices[0].extend(predictions.labels.to(torch.uint8).cpu())
             self.slices[1].extend(batch.masks.cpu())
 
+    def merge(self, other: "SemanticMetrics") -> "SemanticMetrics":
+        """Add another shard's state (another process's, :mod:`seglab.engine.distributed`): confusion
+        matrices add exactly, per-image BF scores and EM slices are appended after this one's."""
+        self.metrics.merge(other.metrics)
+        if self.calibration is not None and other.calibration is not None:
+            for name in ("conf_count", "conf_sum", "conf_correct", "unc_count", "unc_correct"):
+                getattr(self.calibration, name).add_(getattr(other.calibration, name))
+        self.slices[0].extend(other.slices[0])
+        self.slices[1].extend(other.slices[1])
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent between processes: the confusion matrix travels on the CPU, whatever GPU it was on.
+        if self.metrics.confusion is not None:
+            self.metrics.confusion = self.metrics.confusion.cpu()
+        return self.__dict__
+
     def compute(self) -> dict[str, Any]:
         results = self.metrics.compute()
         if self.calibration is not None:

@@ -1,5 +1,8 @@
 """Data loaders whose order and augmentation depend only on (seed, epoch, position).
 
+A data set batches with its own ``collate_fn`` attribute when it has one (detection data: lists
+of images and target dicts), else with PyTorch's default (stacked tensors).
+
 Each training sample carries its own seed, set inside the worker just before the
 random transforms run. So a run resumed in the middle of an epoch, with any number
 of worker processes, sees exactly the batches the uninterrupted run would have seen.
@@ -78,9 +81,10 @@ def build_train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers
     """Shuffled loader of full batches; call ``loader.sampler.set_epoch(e, skip)`` each epoch."""
     sampler = SeededSampler(len(dataset), seed)  # type: ignore[arg-type]
     return DataLoader(_SeededDataset(dataset), batch_size=batch_size, sampler=sampler, drop_last=True,
-                      **_loader_kwargs(num_workers, pin_memory))
+                      collate_fn=getattr(dataset, "collate_fn", None), **_loader_kwargs(num_workers, pin_memory))
 
 
 def build_eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
     """Loader in data set order; keeps the last partial batch."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **_loader_kwargs(num_workers, pin_memory))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=getattr(dataset, "collate_fn", None),
+                      **_loader_kwargs(num_workers, pin_memory))

@@ -130,7 +130,7 @@ class InstanceDataset(Dataset):
         image, masks, labels, crowd = self._load(i)
         h, w = image.shape[:2]
         masks = np.asarray(masks, dtype=bool).reshape(-1, h, w)
-        present = masks.reshape(len(masks), -1).any(1)  # a degenerate source instance: its mask is empty
+        present = masks.reshape(len(masks), h * w).any(1)  # a degenerate source instance: its mask is empty
         if not present.all():
             self.degenerate += int((~present).sum())
             log.warning("seglab: %s %s: dropped %d degenerate instance(s) (empty mask, zero-size box); %d so far",

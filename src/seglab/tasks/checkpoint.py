@@ -230,8 +230,8 @@ def check_compatible(ckpt: Checkpoint | dict[str, Any], model_name: str, num_cla
     meta = ckpt.meta if isinstance(ckpt, Checkpoint) else Checkpoint.from_dict(ckpt).meta
     if task is not None and meta.task != task:
         raise SeglabError(
-            f"Checkpoint {str(path)!r} holds a {meta.task} model ({meta.model_name}), but task {task} was asked for "
-            f"(--task / the recipe's task:). Use --task {meta.task}, or a checkpoint trained with task: {task}."
+            f"Checkpoint {str(path)!r} was trained for task: {meta.task} ({meta.model_name}), but task: {task} was asked "
+            f"for (--task / the recipe's task:). Use --task {meta.task}, or a checkpoint trained with task: {task}."
         )
     if meta.model_name != model_name:
         raise SeglabError(

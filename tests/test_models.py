@@ -1,6 +1,8 @@
 """Contract tests run on every registered model, plus registry behaviour.
 
-The parametrised test below picks up new models automatically through ``list_models()``: a model
+The parametrised test below picks up new semantic models automatically through
+``list_models(task="semantic")``; instance models (Mask R-CNN, torchvision-style detections instead
+of logits) have their own contract test in tests/test_instance_models.py. A semantic model
 passes if it returns finite ``N x K x H x W`` logits at the input size (also for sizes that are
 not multiples of 32), every trainable parameter receives a finite gradient, eval mode is
 deterministic, and it exposes ``encoder`` and ``decoder`` for fine-tuning.
@@ -33,7 +35,7 @@ def _io_sizes(model: torch.nn.Module, size: tuple[int, int]) -> tuple[tuple[int,
 
 
 @pytest.mark.parametrize("size", [(33, 47), (64, 64)], ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models(task="semantic"))
 def test_model_contract(name: str, size: tuple[int, int]) -> None:
     torch.manual_seed(0)
     model = create_model(name, num_classes=NUM_CLASSES)

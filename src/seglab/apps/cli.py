@@ -266,7 +266,7 @@ def _cmd_benchmark(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
     from seglab.models.complexity import count_gflops, count_parameters
     from seglab.ops.contract import runnable_size
-    from seglab.models.registry import create_model, list_models
+    from seglab.models.registry import create_model, list_models, model_task
 
     _no_extra(extra)
     h, w = args.size
@@ -276,7 +276,8 @@ def _cmd_models(args: argparse.Namespace, extra: list[str]) -> int:
         model = create_model(name, args.num_classes).eval()
         params = count_parameters(model) / 1e6
         size = runnable_size(model, (h, w))
-        flops = "-" if args.no_flops else f"{count_gflops(model, size):.1f}"
+        instance = model_task(name) == "instance"  # detections, data-dependent cost: no single GFLOPs figure
+        flops = "-" if args.no_flops or instance else f"{count_gflops(model, size):.1f}"
         if size != (h, w) and not args.no_flops:  # valid-convolution models: counted at the nearest size they take
             footnotes.append(f"* {name}: counted at {size[0]}x{size[1]}, the nearest input size it accepts")
             flops += "*"

@@ -16,6 +16,7 @@ from seglab.engine.loader import build_eval_loader
 from seglab.inference.onnx_backend import OnnxSegmenter
 from seglab.ops.tta import TTA, as_tta
 from seglab.tasks.checkpoint import check_compatible, checkpoint_config, model_from_checkpoint, read_checkpoint
+from seglab.tasks.instance import InstanceTask
 from seglab.tasks.semantic import SemanticTask, em_foreground_class, require_dropout
 
 __all__ = ["evaluate_checkpoint"]
@@ -50,8 +51,11 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: st
     if bf_protocol is not None:
         cfg.train.bf_protocol = bf_protocol  # validated by TrainConfig: a clear error listing the choices
     info = dataset_info(cfg.data)
-    check_compatible(ckpt, meta.model_name, info.num_classes, path)
+    check_compatible(ckpt, meta.model_name, info.num_classes, path, task=cfg.task)
     dev = select_device(device)
+    if meta.task == "instance":
+        return _evaluate_instances(ckpt, path, cfg, info, split, batch_size, dev, onnx=onnx, tta=tta,
+                                   mc_samples=mc_samples)
     infer_size = meta.image_size
     if onnx is not None:
         if mc_samples:
@@ -90,6 +94,20 @@ def _refuse_inapplicable(overrides: list[str]) -> None:
         raise SeglabError(f"seglab evaluate scores the checkpoint's own model, so --{ignored[0]} cannot apply: drop it. "
                           "Overrides here set the data (--data.root, --data.num_workers, ...), --train.amp and "
                           "--train.bf_protocol; to score another model, pass its checkpoint.")
+
+
+def _evaluate_instances(ckpt, path: str, cfg, info, split: str, batch_size: int, dev: torch.device, *, onnx, tta,
+                        mc_samples: int) -> dict:
+    """COCO mask/box AP, matched mask IoU and the rendered label maps' semantic metrics of an instance checkpoint."""
+    if onnx is not None or tta is not None or mc_samples:
+        raise SeglabError("--onnx, --tta and --mc-samples apply to semantic checkpoints; "
+                          f"{path!r} is an instance (Mask R-CNN) checkpoint: evaluate it without them.")
+    task = InstanceTask.from_config(cfg, info)
+    model = model_from_checkpoint(ckpt, path).to(dev)
+    dataset = build_dataset(dataclasses.replace(cfg.data, image_size=None), split, train=False)
+    loader = build_eval_loader(dataset, batch_size, cfg.data.num_workers, dev.type == "cuda")
+    results = evaluate_model(model, loader, task, dev, resolve_amp(cfg.train.amp, dev))
+    return {"checkpoint": str(path), "split": split, "tta": None, "class_names": list(info.class_names), **results}
 
 
 class _OnnxModule(nn.Module):

@@ -16,6 +16,7 @@ from seglab.core.errors import SeglabError, did_you_mean
 from seglab.data.base import DatasetInfo, SegmentationDataset
 from seglab.data.camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID, camvid_samples, resolve_camvid_root
 from seglab.data.folder import folder_samples
+from seglab.data.instance import INSTANCE_DATASETS, build_instance_dataset, instance_dataset_info
 from seglab.data.isbi import ISBI_CLASSES, ISBI_PALETTE, build_isbi
 from seglab.data.sunrgbd import SUNRGBD_CLASSES, SUNRGBD_PALETTE, build_sunrgbd
 from seglab.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticRoadScenes
@@ -23,7 +24,7 @@ from seglab.data.transforms import build_transforms
 
 __all__ = ["DATASETS", "dataset_info", "build_dataset", "default_palette"]
 
-DATASETS = ("camvid", "folder", "synthetic", "isbi2012", "sunrgbd")
+DATASETS = ("camvid", "folder", "synthetic", "isbi2012", "sunrgbd", *INSTANCE_DATASETS)
 _DEFAULT_IGNORE = {"camvid": CAMVID_VOID, "folder": 255, "synthetic": 255, "isbi2012": 255, "sunrgbd": 255}
 
 
@@ -91,6 +92,8 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
         SeglabError: unknown data set, folder data set without ``num_classes``, inconsistent names/palette.
     """
     kind = _kind(cfg)
+    if kind in INSTANCE_DATASETS:  # task: instance (classes counted with the background)
+        return instance_dataset_info(cfg)
     ignore = cfg.ignore_index if cfg.ignore_index is not None else _DEFAULT_IGNORE[kind]
     if kind == "isbi2012":
         n = _fixed_classes(cfg, kind, ISBI_CLASSES)
@@ -210,6 +213,8 @@ def build_dataset(cfg: DataConfig, split: str | None = None, train: bool = False
         raise SeglabError(f"--data.image_size must be [height, width], got {cfg.image_size}.")
     if cfg.limit is not None and cfg.limit < 1:
         raise SeglabError(f"--data.limit must be a positive number of samples, got {cfg.limit}.")
+    if kind in INSTANCE_DATASETS:
+        return build_instance_dataset(cfg, split, train)
     if cfg.weight_maps and kind != "isbi2012":
         raise SeglabError(f"--data.weight_maps is supported by the isbi2012 data set only, not {kind!r}.")
     if kind == "isbi2012":

@@ -26,10 +26,13 @@ import numpy as np
 from seglab.data.base import DatasetInfo, SegmentationDataset, Transform
 from seglab.data.camvid import CAMVID_PALETTE
 
-__all__ = ["SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "render_scene", "SyntheticRoadScenes"]
+__all__ = ["SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "SYNTHETIC_THINGS", "render_scene", "render_scene_instances",
+           "SyntheticRoadScenes"]
 
 SYNTHETIC_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "Car"]
 SKY, BUILDING, POLE, ROAD, PAVEMENT, TREE, CAR = range(7)
+#: Classes whose every object gets its own instance id (:func:`render_scene_instances`).
+SYNTHETIC_THINGS = (POLE, CAR)
 # Same colours as the matching CamVid classes, so visualisations look alike.
 SYNTHETIC_PALETTE = [CAMVID_PALETTE[i] for i in (0, 1, 2, 3, 4, 5, 8)]
 
@@ -49,6 +52,8 @@ class _Canvas:
         self.xs = np.arange(width, dtype=np.float32)[None, :]
         self.img = np.zeros((height, width, 3), np.float32)
         self.label = np.zeros((height, width), np.uint8)
+        self.ids = np.zeros((height, width), np.int32)  # instance id of each object pixel, 0 elsewhere
+        self.objects = 0
         self.grain = rng.standard_normal((height, width)).astype(np.float32)  # pixel-level texture
         self.blotch = _smooth_noise(rng, height, width, cell=6)  # low-frequency texture
 
@@ -78,6 +83,18 @@ class _Canvas:
             return
         label[region] = cls
         np.copyto(img, np.broadcast_to(colour, img.shape), where=region[..., None])
+
+    def new_object(self, region: np.ndarray | None, box: tuple[slice, slice]) -> None:
+        """Give ``region`` of ``box`` (None: all of it) a new instance id; it occludes earlier objects.
+
+        Uses no randomness, so the image and label map are those of :func:`render_scene`.
+        """
+        self.objects += 1
+        ids = self.ids[box]
+        if region is None:
+            ids[...] = self.objects
+        else:
+            ids[region] = self.objects
 
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
@@ -180,6 +197,7 @@ def _draw_poles(c: _Canvas, horizon: int, centre: np.ndarray, half: np.ndarray, 
         top = max(0, int(horizon - rng.uniform(0.15, 0.4) * c.h))
         box = c.box(top, base + 1, round(x - width / 2), round(x - width / 2) + round(width))
         c.paint(None, POLE, _jitter(rng, (85, 85, 90), 0.25) + c.texture(box, 5, 0), box)
+        c.new_object(None, box)
 
 
 def _draw_cars(c: _Canvas, horizon: int, centre: np.ndarray, half: np.ndarray) -> None:
@@ -202,6 +220,7 @@ def _draw_cars(c: _Canvas, horizon: int, centre: np.ndarray, half: np.ndarray) -
         c.paint(body, CAR, paint, box)
         c.paint(glass, CAR, _jitter(rng, (50, 60, 75), 0.2), box)
         c.paint(wheels, CAR, np.array([20, 20, 22], np.float32), box)
+        c.new_object(body | wheels, box)
 
 
 def _apply_lighting(c: _Canvas) -> np.ndarray:
@@ -223,6 +242,13 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
     Returns:
         ``(image uint8 HxWx3, mask uint8 HxW)`` with class ids ``0..6`` of :data:`SYNTHETIC_CLASSES`.
     """
+    image, label, _ = render_scene_instances(rng, height, width)
+    return image, label
+
+
+def render_scene_instances(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`render_scene` plus an ``int32 H x W`` map of instance ids: every pole and car its own
+    id (1, 2, ... in drawing order; 0 elsewhere), nearer objects occluding farther ones."""
     c = _Canvas(rng, height, width)
     horizon = int(height * rng.uniform(0.38, 0.55))
     _draw_sky(c, horizon)
@@ -231,7 +257,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
     centre, half, walk = _draw_ground(c, horizon)
     _draw_poles(c, horizon, centre, half, walk)
     _draw_cars(c, horizon, centre, half)
-    return _apply_lighting(c), c.label
+    return _apply_lighting(c), c.label, c.ids
 
 
 class SyntheticRoadScenes(SegmentationDataset):

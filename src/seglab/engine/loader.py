@@ -1,5 +1,8 @@
 """Data loaders whose order and augmentation depend only on (seed, epoch, position).
 
+A data set batches with its own ``collate_fn`` attribute when it has one (detection data: lists
+of images and target dicts), else with PyTorch's default (stacked tensors).
+
 Each training sample carries its own seed, set inside the worker just before the
 random transforms run. So a run resumed in the middle of an epoch, with any number
 of worker processes, sees exactly the batches the uninterrupted run would have seen.
@@ -136,12 +139,13 @@ def build_train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers
     sampler = SeededSampler(len(dataset), seed, rank=rank, world_size=world_size,  # type: ignore[arg-type]
                             global_batch=batch_size)
     return DataLoader(_SeededDataset(dataset), batch_size=batch_size // world_size, sampler=sampler, drop_last=True,
-                      **_loader_kwargs(num_workers, pin_memory))
+                      collate_fn=getattr(dataset, "collate_fn", None), **_loader_kwargs(num_workers, pin_memory))
 
 
 def build_eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
     """Loader in data set order; keeps the last partial batch."""
-    return DataLoader(_UserErrors(dataset), batch_size=batch_size, shuffle=False, **_loader_kwargs(num_workers, pin_memory))
+    return DataLoader(_UserErrors(dataset), batch_size=batch_size, shuffle=False,
+                      collate_fn=getattr(dataset, "collate_fn", None), **_loader_kwargs(num_workers, pin_memory))
 
 
 def close_loader(loader: DataLoader | None) -> None:

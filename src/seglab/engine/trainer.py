@@ -170,12 +170,12 @@ class Trainer:
 
     def _init_from(self, path: str) -> None:
         ckpt = read_checkpoint(path, map_location=self.device)
-        check_compatible(ckpt, self.cfg.model.name, self.info.num_classes, path)
+        check_compatible(ckpt, self.cfg.model.name, self.info.num_classes, path, task=self.cfg.task)
         self.model.load_state_dict(ckpt.model)
 
     def _resume(self, path: str) -> None:
         ckpt = read_checkpoint(path, map_location=self.device)
-        check_compatible(ckpt, self.cfg.model.name, self.info.num_classes, path)
+        check_compatible(ckpt, self.cfg.model.name, self.info.num_classes, path, task=self.cfg.task)
         state = ckpt.training
         if state is None or not state.resumable:
             raise SeglabError(f"Checkpoint {path!r} holds weights only (no optimizer state), so it cannot resume a run. "
@@ -289,7 +289,7 @@ class Trainer:
         elapsed = time.perf_counter() - start
         # The whole epoch's mean, also across a resume (epoch_loss_sum travels in last.pt).
         return {"step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
-                "train_loss": self.epoch_loss_sum / max(1, self.step_in_epoch),
+                "train_loss": self.epoch_loss_sum / max(1, self.step_in_epoch), **self.task.epoch_log(),
                 "train_images_per_s": seen / elapsed if elapsed > 0 else 0.0, "epoch_seconds": elapsed}
 
     def _next_item(self, batches: Any) -> Any:
@@ -367,6 +367,9 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
                  f"mIoU {100 * record['val_miou']:.1f}")
         if record.get("val_bf") is not None and record["val_bf"] == record["val_bf"]:
             line += f"  BF {100 * record['val_bf']:.1f}"
+    if "val_mask_ap" in record:
+        line += "  | val " + "  ".join(f"{k[4:]} {100 * record[k]:.1f}" for k in
+                                       ("val_mask_ap", "val_mask_ap50", "val_mask_ap75", "val_box_ap", "val_mask_iou"))
     return line
 
 

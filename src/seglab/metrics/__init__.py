@@ -7,6 +7,8 @@
 * :func:`logits_to_labels` — argmax for multi-class models, sigmoid threshold for
   1-channel binary models.
 * :func:`em_metrics` — pixel error, foreground IoU and adapted Rand error for binary EM data.
+* :class:`InstanceMetrics` — COCO mask AP / AP50 / AP75, box AP and matched mask IoU
+  (:mod:`seglab.metrics.instance`, pycocotools; imported on first use).
 
 Example:
     >>> metrics = SegmentationMetrics(num_classes=11, ignore_index=11)
@@ -41,4 +43,14 @@ __all__ = [
     "format_metrics_table",
     "format_percent",
     "em_metrics",
+    "InstanceMetrics",
 ]
+
+
+def __getattr__(name: str):
+    # pycocotools is needed by instance metrics only: import it when they are first asked for.
+    if name == "InstanceMetrics":
+        from seglab.metrics.instance import InstanceMetrics
+
+        return InstanceMetrics
+    raise AttributeError(f"module 'seglab.metrics' has no attribute {name!r}")

@@ -26,6 +26,12 @@ _SUMMARY = (
     ("pixel_error", "pixel error"),
     ("foreground_iou", "foreground IoU"),
     ("rand_error", "Rand error (adapted)"),
+    # Instance segmentation (seglab.metrics.InstanceMetrics).
+    ("mask_ap", "mask AP"),
+    ("mask_ap50", "mask AP50"),
+    ("mask_ap75", "mask AP75"),
+    ("box_ap", "box AP"),
+    ("mask_iou", "mask IoU (matched)"),
 )
 
 

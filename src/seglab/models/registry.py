@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from seglab.core.errors import SeglabError, did_you_mean
+from seglab.models.instance import mask_rcnn
 from seglab.models.semantic import (
     bayesian_segnet,
     deconvnet,
@@ -35,7 +36,7 @@ from seglab.models.semantic import (
 from seglab.models.weights import load_model_weights
 from seglab.models.zoo import resolve_pretrained
 
-__all__ = ["register_model", "create_model", "list_models", "get_model_builder"]
+__all__ = ["register_model", "create_model", "list_models", "get_model_builder", "model_task"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "segnet": segnet.segnet,
@@ -55,24 +56,45 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3plus_xception65": deeplabv3.deeplabv3plus_xception65,
     "unet": unet.unet,
     "unet_valid": unet.unet_valid,
+    "mask_rcnn_resnet50_fpn": mask_rcnn.mask_rcnn_resnet50_fpn,
+    "mask_rcnn_resnet50_fpn_v2": mask_rcnn.mask_rcnn_resnet50_fpn_v2,
+    "mask_rcnn_resnet18_fpn": mask_rcnn.mask_rcnn_resnet18_fpn,
+}
+
+#: Models whose task is not ``semantic`` (logits): instance models return torchvision-style
+#: detections (see :mod:`seglab.models.instance.mask_rcnn`).
+_MODEL_TASKS: dict[str, str] = {
+    "mask_rcnn_resnet50_fpn": "instance",
+    "mask_rcnn_resnet50_fpn_v2": "instance",
+    "mask_rcnn_resnet18_fpn": "instance",
 }
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a user's builder ``fn(num_classes, **kw) -> nn.Module`` under ``name``."""
+def register_model(name: str, task: str = "semantic") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a user's builder ``fn(num_classes, **kw) -> nn.Module`` under ``name``
+    for ``task`` (``semantic``: logits; ``instance``: torchvision-style detections)."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"A model named {name!r} is already registered.")
         _MODELS[name] = fn
+        if task != "semantic":
+            _MODEL_TASKS[name] = task
         return fn
 
     return wrap
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Sorted names of the registered models matching a shell-style ``pattern``."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+def model_task(name: str) -> str:
+    """The task a registered model is built for: ``semantic`` or ``instance``."""
+    get_model_builder(name)
+    return _MODEL_TASKS.get(name, "semantic")
+
+
+def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
+    """Sorted names of the registered models matching a shell-style ``pattern`` (and ``task``, if given)."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern)
+                  and (task is None or _MODEL_TASKS.get(n, "semantic") == task))
 
 
 def get_model_builder(name: str) -> Callable[..., nn.Module]:
@@ -91,7 +113,9 @@ _RENAMED_OPTIONS: dict[str, str] = {"pretrained_encoder": "weights_backbone", "p
 
 def create_model(name: str, num_classes: int, *, weights: str | None = None, weights_backbone: str | None = None,
                  **kwargs: Any) -> nn.Module:
-    """Build a registered model returning logits ``N x num_classes x H x W`` at input size.
+    """Build a registered model: logits ``N x num_classes x H x W`` at input size for semantic models;
+    instance models (:func:`model_task`) count the background in ``num_classes`` and return
+    torchvision-style detections.
 
     Args:
         name: A name of :func:`list_models`.

@@ -54,6 +54,9 @@ TORCHVISION_WEIGHTS: dict[str, str] = {
     "vgg16_bn": "VGG16_BN_Weights",
     "resnet50": "ResNet50_Weights",
     "resnet101": "ResNet101_Weights",
+    "resnet18": "ResNet18_Weights",
+    "mask_rcnn_resnet50_fpn": "MaskRCNN_ResNet50_FPN_Weights",
+    "mask_rcnn_resnet50_fpn_v2": "MaskRCNN_ResNet50_FPN_V2_Weights",
 }
 #: seglab's short names for torchvision enum members.
 ALIASES: dict[str, str] = {"imagenet": "IMAGENET1K_V1"}
@@ -88,9 +91,12 @@ def _registered_url(source: str, what: str) -> tuple[str, str] | None:
     if enum_name is None or not member.isidentifier():
         return None
     import torchvision.models  # lazy: importing torchvision is slow
+    import torchvision.models.detection
 
+    # Backbone enums live in torchvision.models, detection ones (MaskRCNN_...) in its detection package.
+    enum = getattr(torchvision.models, enum_name, None) or getattr(torchvision.models.detection, enum_name)
     try:
-        weights = getattr(torchvision.models, enum_name)[member]
+        weights = enum[member]
     except KeyError:
         return None
     return weights.url, f"torchvision {enum_name}.{weights.name}"

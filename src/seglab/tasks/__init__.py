@@ -10,12 +10,13 @@ import torch
 from seglab.core.config import Config
 from seglab.core.errors import SeglabError, did_you_mean
 from seglab.tasks.base import MetricMeter, Task
+from seglab.tasks.instance import InstanceTask
 from seglab.tasks.semantic import SemanticTask
 
-__all__ = ["TASKS", "MetricMeter", "SemanticTask", "Task", "build_task"]
+__all__ = ["TASKS", "InstanceTask", "MetricMeter", "SemanticTask", "Task", "build_task"]
 
 #: Task name (the recipe's ``task:``) -> its class.
-TASKS: dict[str, type] = {"semantic": SemanticTask}
+TASKS: dict[str, type] = {"semantic": SemanticTask, "instance": InstanceTask}
 
 
 def build_task(cfg: Config, info: Any, class_weights: Callable[[str], torch.Tensor | None] | None = None,

@@ -14,7 +14,7 @@ Per step the trainer runs::
         output = task.forward(model, batch)
     loss = task.loss(output, batch)
 
-and the evaluator::
+and at the end of each epoch ``record.update(task.epoch_log())``; the evaluator::
 
     meter = task.new_metrics()
     for item in loader:
@@ -43,7 +43,7 @@ class MetricMeter(Protocol):
 
 
 class Task(Protocol):
-    """One kind of segmentation (``SemanticTask`` now; instance segmentation next)."""
+    """One kind of segmentation (``SemanticTask``, ``InstanceTask``)."""
 
     #: Name recorded in checkpoints and recipes (``task: semantic``).
     name: str
@@ -51,7 +51,8 @@ class Task(Protocol):
     summary_keys: tuple[str, ...]
 
     def prepare_batch(self, item: Any, device: torch.device, channels_last: bool = False) -> Any:
-        """A loader item (tuple of tensors, or dicts for detection) on ``device``."""
+        """A loader item (tuple of tensors, or lists of images and target dicts for detection, as
+        collated by the data set's ``collate_fn``) on ``device``."""
 
     def batch_size(self, batch: Any) -> int:
         """Number of images in ``batch``."""
@@ -61,6 +62,10 @@ class Task(Protocol):
 
     def loss(self, output: Any, batch: Any) -> torch.Tensor:
         """The scalar training loss from :meth:`forward`'s output and the batch's targets."""
+
+    def epoch_log(self) -> dict[str, float]:
+        """Extra values for the epoch's training record (e.g. each term of a summed loss, averaged
+        over the epoch's steps), reset by the call; ``{}`` when there are none."""
 
     def predict(self, model: nn.Module, batch: Any) -> Any:
         """Predictions for evaluation (the model is in eval mode, gradients are off)."""

@@ -264,9 +264,15 @@ def model_from_checkpoint(ckpt: Checkpoint | dict[str, Any], path: str | Path = 
     return model
 
 
-def check_compatible(ckpt: Checkpoint | dict[str, Any], model_name: str, num_classes: int, path: str | Path) -> None:
-    """Raise a clear error when a checkpoint was made for another model or class count."""
+def check_compatible(ckpt: Checkpoint | dict[str, Any], model_name: str, num_classes: int, path: str | Path,
+                     task: str | None = None) -> None:
+    """Raise a clear error when a checkpoint was made for another task, model or class count."""
     meta = ckpt.meta if isinstance(ckpt, Checkpoint) else Checkpoint.from_dict(ckpt).meta
+    if task is not None and meta.task != task:
+        raise SeglabError(
+            f"Checkpoint {str(path)!r} was trained for task: {meta.task} ({meta.model_name}), but task: {task} was asked "
+            f"for (--task / the recipe's task:). Use --task {meta.task}, or a checkpoint trained with task: {task}."
+        )
     if meta.model_name != model_name:
         raise SeglabError(
             f"Checkpoint {str(path)!r} holds a {meta.model_name!r} model, but {model_name!r} was asked for. "

@@ -20,7 +20,7 @@ from seglab.core.errors import SeglabError
 from seglab.losses import BINARY_LOSSES, build_loss, resolve_class_weights
 from seglab.metrics import SegmentationMetrics, em_metrics, logits_to_labels
 from seglab.metrics.uncertainty import CalibrationMeter, uncertainty_maps
-from seglab.models.registry import create_model, list_models
+from seglab.models.registry import create_model, list_models, model_task
 from seglab.ops.contract import check_input_size, has_dropout
 from seglab.ops.mc_dropout import mc_dropout, mc_probabilities
 from seglab.ops.resize import forward_at_size
@@ -164,6 +164,9 @@ class SemanticTask:
     # ------------------------------------------------------------------ model
     def build_model(self, cfg: Config) -> nn.Module:
         """The recipe's model with this task's output channels; fails early on crops it cannot take."""
+        if model_task(cfg.model.name) != "semantic":
+            raise SeglabError(f"Model {cfg.model.name!r} is an instance-segmentation model, but the recipe says task: "
+                              f"semantic. Set task: instance (with an instance data set) or use a semantic model.")
         model = create_model(cfg.model.name, self.model_num_classes, weights=cfg.model.weights,
                              weights_backbone=cfg.model.weights_backbone, **cfg.model.kwargs)
         check_input_size(model, cfg.data.crop_size, cfg.model.name, "data.crop_size")
@@ -194,6 +197,9 @@ class SemanticTask:
             masks = center_crop(masks, output.shape[-2:])
             extras = tuple(center_crop(e, output.shape[-2:]) for e in extras)
         return self.criterion(output.float(), masks, *extras)
+
+    def epoch_log(self) -> dict[str, float]:
+        return {}  # one loss term: the epoch record's train_loss says it all
 
     # ------------------------------------------------------------------ evaluation
     def predict(self, model: nn.Module, batch: SemanticBatch) -> SemanticPrediction:

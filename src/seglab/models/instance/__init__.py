@@ -1,0 +1,1 @@
+"""Instance-segmentation models: Mask R-CNN builders on torchvision (``mask_rcnn``) and RoI poolers (``poolers``)."""

@@ -88,7 +88,7 @@ _EVALUATE_TRAIN_KEYS = ("train.amp", "train.bf_protocol", "train.threads")
 def _refuse_inapplicable(overrides: list[str]) -> None:
     """A clear error for overrides that evaluation would silently ignore (it scores the checkpoint's model)."""
     keys = [t[2:].split("=", 1)[0] for t in overrides if t.startswith("--")]
-    ignored = [k for k in keys if k.split(".", 1)[0] in ("model", "loss", "task")
+    ignored = [k for k in keys if k.split(".", 1)[0] in ("model", "loss")
                or (k.startswith("train.") and k not in _EVALUATE_TRAIN_KEYS)]
     if ignored:
         raise SeglabError(f"seglab evaluate scores the checkpoint's own model, so --{ignored[0]} cannot apply: drop it. "

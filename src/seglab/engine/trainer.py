@@ -96,7 +96,8 @@ class Trainer:
                  dist: DistContext = SINGLE_PROCESS, device: torch.device | None = None) -> None:
         self.cfg = cfg
         self.callbacks = callbacks or {}
-        self.stop_requested: str | None = None
+        self.stop_requested: str | None = None  # set by a signal, on this rank, at any moment
+        self.stopping = False  # the job's decision, taken by every rank at the same point
         self.dist = dist
         t = cfg.train
         check_training_config(cfg)
@@ -231,7 +232,7 @@ class Trainer:
                  f"{self.info.num_classes} classes) on {self.device}{job}, precision {self.amp_dtype or 'fp32'}; "
                  f"run folder {self.run_dir}")
         with StopOnSignal(self), _closing(self.train_loader, self.val_loader):
-            while self.epoch < t.epochs and not self.stop_requested:
+            while self.epoch < t.epochs and not self.stopping:
                 record = self._train_epoch()
                 if self._agree_to_stop():
                     break
@@ -245,12 +246,12 @@ class Trainer:
                 if self.logger is not None:  # after the checkpoint: a crash between the two never logs twice
                     self.logger.log(record)
                 self.say(_epoch_line(record, t.epochs))
-        if self.stop_requested:
+        if self.stopping:
             path = self.save("last.pt")
             self.say(f"\nseglab: stopped by {self.stop_requested} at epoch {self.epoch} step {self.step_in_epoch}; "
                   f"resumable checkpoint written to {path}.\nResume with: seglab train {self.run_dir / 'config.yaml'} "
                   f"--train.resume {path}")
-        if self.best_metrics is None and not self.stop_requested:
+        if self.best_metrics is None and not self.stopping:
             self.save("best.pt", full=False)  # no validation ran: the final weights are the best we know
         if self.logger is not None:
             self.logger.close()
@@ -258,7 +259,7 @@ class Trainer:
         self._write_summary()
         self.dist.barrier()  # no rank leaves while rank 0 still writes
         return TrainResult(self.run_dir, best if best.exists() else None, self.run_dir / "last.pt",
-                           self.best_metrics, history, interrupted=bool(self.stop_requested),
+                           self.best_metrics, history, interrupted=self.stopping,
                            main_process=self.dist.is_main)
 
     def _train_epoch(self) -> dict[str, Any]:
@@ -302,10 +303,15 @@ class Trainer:
             raise
 
     def _agree_to_stop(self) -> bool:
-        """Whether any rank was asked to stop; every rank then stops at the same step."""
-        if self.dist.any(bool(self.stop_requested)):
-            self.stop_requested = self.stop_requested or "a signal to another rank"
-        return bool(self.stop_requested)
+        """Whether any rank was asked to stop; every rank then stops at the same step.
+
+        The answer is the collective one, never the local flag read again: a signal landing just
+        after the all-reduce would otherwise make this rank leave a step the others enter.
+        """
+        self.stopping = self.dist.any(bool(self.stop_requested))
+        if self.stopping and not self.stop_requested:
+            self.stop_requested = "a signal to another rank"
+        return self.stopping
 
     def _train_step(self, batch: Any) -> float:
         """One optimisation step on a batch prepared by the task, which also computes the loss."""

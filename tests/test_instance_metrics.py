@@ -119,3 +119,26 @@ def test_no_ground_truth_is_undefined() -> None:
     m = InstanceMetrics()
     m.update([_pred(GT, [1, 1, 2], [0.9, 0.8, 0.7])], [_target(GT[:0], [])])
     assert math.isnan(m.compute()["mask_ap"])
+
+
+def test_merged_shards_equal_one_pass() -> None:
+    """Distributed validation merges each process's shard: the figures equal one meter over all images."""
+    import pickle
+
+    rng = np.random.default_rng(1)
+    pairs = []
+    for _ in range(4):
+        rects = [(int(y), int(y) + int(rng.integers(6, 20)), int(x), int(x) + int(rng.integers(6, 20)))
+                 for y, x in rng.integers(0, 40, (3, 2))]
+        shifted = [(y0 + int(rng.integers(-3, 4)) % 5, y1, x0, x1) for y0, y1, x0, x1 in rects[:2]]
+        pairs.append((_pred(_masks(64, 64, shifted), [1, 2], rng.uniform(0.3, 1, 2).tolist()),
+                      _target(_masks(64, 64, rects), [1, 2, 1])))
+    whole, first, second = InstanceMetrics(), InstanceMetrics(), InstanceMetrics()
+    whole.update([p for p, _ in pairs], [t for _, t in pairs])
+    first.update([p for p, _ in pairs[:1]], [t for _, t in pairs[:1]])
+    second.update([p for p, _ in pairs[1:]], [t for _, t in pairs[1:]])
+    merged = first.merge(pickle.loads(pickle.dumps(second))).compute()  # shards travel pickled
+    expected = whole.compute()
+    assert expected["mask_ap50"] > 0
+    for key in ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "mask_iou"):
+        assert merged[key] == pytest.approx(expected[key], abs=1e-12), key

@@ -129,6 +129,14 @@ def _loader_kwargs(num_workers: int, pin_memory: bool) -> dict:
     return kwargs
 
 
+def _collate_fn(dataset: Dataset):
+    """The data set's own ``collate_fn`` (detection data batches lists), also through a ``Subset``
+    (a rank's shard of the val split in a distributed job)."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, "collate_fn", None)
+
+
 def build_train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int, pin_memory: bool,
                        rank: int = 0, world_size: int = 1) -> DataLoader:
     """Shuffled loader of full batches; call ``loader.sampler.set_epoch(e, skip)`` each epoch.
@@ -139,13 +147,13 @@ def build_train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers
     sampler = SeededSampler(len(dataset), seed, rank=rank, world_size=world_size,  # type: ignore[arg-type]
                             global_batch=batch_size)
     return DataLoader(_SeededDataset(dataset), batch_size=batch_size // world_size, sampler=sampler, drop_last=True,
-                      collate_fn=getattr(dataset, "collate_fn", None), **_loader_kwargs(num_workers, pin_memory))
+                      collate_fn=_collate_fn(dataset), **_loader_kwargs(num_workers, pin_memory))
 
 
 def build_eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
     """Loader in data set order; keeps the last partial batch."""
     return DataLoader(_UserErrors(dataset), batch_size=batch_size, shuffle=False,
-                      collate_fn=getattr(dataset, "collate_fn", None), **_loader_kwargs(num_workers, pin_memory))
+                      collate_fn=_collate_fn(dataset), **_loader_kwargs(num_workers, pin_memory))
 
 
 def close_loader(loader: DataLoader | None) -> None:

@@ -81,6 +81,18 @@ class InstanceMetrics:
                                  "segmentation": rle, "area": float(mask_utils.area(rle)), "bbox": box,
                                  "score": float(score), "iscrowd": 0})
 
+    def merge(self, other: "InstanceMetrics") -> "InstanceMetrics":
+        """Append another shard's images after this one's (another process's, in distributed
+        validation); ids are renumbered, so the result equals one pass over both shards in order."""
+        if (other.mask_threshold, other.max_detections) != (self.mask_threshold, self.max_detections):
+            raise ValueError("Cannot merge instance metrics with different mask_threshold or max_detections.")
+        image_offset, gt_offset, dt_offset = len(self.images), len(self.gts), len(self.dts)
+        self.images += [{**im, "id": im["id"] + image_offset} for im in other.images]
+        self.gts += [{**a, "id": a["id"] + gt_offset, "image_id": a["image_id"] + image_offset} for a in other.gts]
+        self.dts += [{**a, "id": a["id"] + dt_offset, "image_id": a["image_id"] + image_offset} for a in other.dts]
+        self.categories |= other.categories
+        return self
+
     def _coco(self, annotations: list[dict[str, Any]]) -> COCO:
         coco = COCO()
         coco.dataset = {"images": self.images, "annotations": annotations,

@@ -72,6 +72,18 @@ class InstanceMeter:
             rendered = render_label_map(pred, target["masks"].shape[-2:], self.score_threshold)
             self.semantic.update(rendered[None], _target_label_map(target)[None])
 
+    def merge(self, other: "InstanceMeter") -> "InstanceMeter":
+        """Add another process's shard (:func:`seglab.engine.distributed.combine_meters`)."""
+        self.instances.merge(other.instances)
+        self.semantic.merge(other.semantic)
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent between processes: the confusion matrix travels on the CPU, whatever device it was on.
+        if self.semantic.confusion is not None:
+            self.semantic.confusion = self.semantic.confusion.cpu()
+        return self.__dict__
+
     def compute(self) -> dict[str, Any]:
         return {**self.semantic.compute(), **self.instances.compute()}
 

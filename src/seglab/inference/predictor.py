@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,8 +27,11 @@ from seglab.ops.mc_dropout import mc_dropout, mc_probabilities
 from seglab.ops.resize import forward_at_size
 from seglab.ops.tiling import predict_tiled
 from seglab.ops.tta import TTA, as_tta, tta_forward
-from seglab.tasks.checkpoint import model_from_checkpoint, read_checkpoint
+from seglab.tasks.checkpoint import Checkpoint, check_compatible, model_from_checkpoint, read_checkpoint
 from seglab.tasks.semantic import require_dropout
+
+if TYPE_CHECKING:
+    from seglab.inference.instance_predictor import InstanceSegmenter
 
 __all__ = ["Predictor", "Segmenter"]
 
@@ -42,6 +46,7 @@ class Predictor:
 
     mean: torch.Tensor
     std: torch.Tensor
+    task: str = "semantic"  # what ``predict`` returns: label maps (instance predictors: instances)
 
     @staticmethod
     def load(image: ImageLike) -> np.ndarray:
@@ -137,7 +142,8 @@ class Segmenter(Predictor):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "none",
                         tile: Sequence[int] | None = None, tile_overlap: int = 32, fast: bool = True,
-                        tta: TTA | bool | str | None = None) -> "Segmenter":
+                        tta: TTA | bool | str | None = None, task: str | None = None,
+                        score_threshold: float | None = None) -> "Segmenter | InstanceSegmenter":
         """Rebuild model, classes, palette and normalisation from a seglab checkpoint.
 
         ``tile`` (h, w) switches on overlap-tile inference with mirror padding and Gaussian
@@ -145,9 +151,21 @@ class Segmenter(Predictor):
         :class:`seglab.ops.tta.TTA`, True for the default flips and scales, or a scale string like
         ``"0.75,1,1.25"``) averages the probabilities of flipped and rescaled views; with tiling,
         each view is tiled (scales relative to the image's own size).
+
+        An instance checkpoint (``task: instance``, Mask R-CNN) gives an
+        :class:`~seglab.inference.instance_predictor.InstanceSegmenter`, whose ``predict`` returns
+        instances above ``score_threshold`` (default 0.5); tiling and TTA are for semantic
+        checkpoints. ``task`` (``semantic`` / ``instance``), when given, must match the checkpoint's.
         """
         ckpt = read_checkpoint(path)
         meta = ckpt.meta
+        if task is not None:
+            check_compatible(ckpt, meta.model_name, meta.num_classes, path, task=task)
+        if meta.task == "instance":
+            return _instance_segmenter(ckpt, path, device, amp, tile, tta, score_threshold)
+        if score_threshold is not None:
+            raise SeglabError(f"score_threshold (--score-threshold) applies to instance checkpoints; {str(path)!r} is a "
+                              f"semantic {meta.model_name} checkpoint, which predicts label maps. Drop it.")
         return cls(model_from_checkpoint(ckpt, path), meta.num_classes, meta.class_names, meta.palette, meta.mean,
                    meta.std, infer_size=meta.image_size, device=device, amp=amp, ignore_index=meta.ignore_index,
                    model_name=meta.model_name, tile=tile, tile_overlap=tile_overlap,
@@ -155,11 +173,12 @@ class Segmenter(Predictor):
 
     @classmethod
     def from_pretrained(cls, name: str, device: str = "auto", amp: str = "none", tile: Sequence[int] | None = None,
-                        tile_overlap: int = 32, fast: bool = True, tta: TTA | bool | str | None = None) -> "Segmenter":
+                        tile_overlap: int = 32, fast: bool = True, tta: TTA | bool | str | None = None,
+                        score_threshold: float | None = None) -> "Segmenter | InstanceSegmenter":
         """The trained weights named ``name`` (``segnet_basic.camvid``; ``seglab weights`` lists them)."""
         get_pretrained(name)  # a clear error, with the close names, for a name that does not exist
         return cls.from_checkpoint(name, device=device, amp=amp, tile=tile, tile_overlap=tile_overlap, fast=fast,
-                                   tta=tta)
+                                   tta=tta, score_threshold=score_threshold)
 
     #: Largest image (pixels) run through the model in one pass at its own size; above it the
     #: activations of even a small network take many GB (8000x8000: 6.9 GB), so ask for tiles.
@@ -214,3 +233,20 @@ class Segmenter(Predictor):
         out = {k: v[0].cpu().numpy() for k, v in maps.items()}
         out["labels"] = maps["mean"][0].argmax(0).cpu().numpy()
         return out
+
+
+def _instance_segmenter(ckpt: Checkpoint, path: str | Path, device: str, amp: str, tile: Sequence[int] | None,
+                        tta: TTA | bool | str | None, score_threshold: float | None) -> "InstanceSegmenter":
+    """The instance predictor of an instance checkpoint; the semantic-only options are refused."""
+    # Imported here: instance_predictor builds on Predictor, defined above in this module.
+    from seglab.inference.instance_predictor import InstanceSegmenter
+
+    asked = [name for name, value in (("tile (--tile)", tile), ("tta (--tta)", tta)) if value]
+    if asked:
+        raise SeglabError(f"{' and '.join(asked)} {'apply' if len(asked) > 1 else 'applies'} to semantic checkpoints; {str(path)!r} is an instance "
+                          f"({ckpt.meta.model_name}) checkpoint, which runs on the whole image. Drop "
+                          f"{'them' if len(asked) > 1 else 'it'}.")
+    meta = ckpt.meta
+    return InstanceSegmenter(model_from_checkpoint(ckpt, path), meta.num_classes, meta.class_names, meta.palette,
+                             device=device, amp=amp, model_name=meta.model_name,
+                             score_threshold=0.5 if score_threshold is None else score_threshold)

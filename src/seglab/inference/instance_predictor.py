@@ -20,7 +20,7 @@ from torch import nn
 
 from seglab.core.errors import SeglabError
 from seglab.core.runtime import autocast, resolve_amp, select_device
-from seglab.inference.predictor import ImageLike, Predictor
+from seglab.inference.base import ImageLike, Predictor
 from seglab.tasks.checkpoint import Checkpoint, model_from_checkpoint, read_checkpoint
 
 __all__ = ["InstanceSegmenter", "Instances"]
@@ -111,7 +111,7 @@ class InstanceSegmenter(Predictor):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | Checkpoint, device: str = "auto", amp: str = "none",
-                        score_threshold: float = 0.5, mask_threshold: float = 0.5) -> "InstanceSegmenter":
+                        score_threshold: float = 0.5, mask_threshold: float = 0.5) -> InstanceSegmenter:
         """Rebuild the model and its classes from an instance checkpoint (a file, or one already read)."""
         ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path)
         meta, where = ckpt.meta, "checkpoint" if isinstance(path, Checkpoint) else str(path)

@@ -49,5 +49,6 @@ def draw_instances(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, sco
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         ty = y1 - (bottom - top) - 2 if y1 >= (bottom - top) + 2 else y1  # above the box, or inside at the top
         draw.rectangle([x1, ty, x1 + right - left + 2, ty + bottom - top + 2], fill=colours[i])
-        draw.text((x1 + 1 - left, ty + 1 - top), text, fill=(0, 0, 0), font=font)
+        dark = 0.299 * colours[i][0] + 0.587 * colours[i][1] + 0.114 * colours[i][2] < 140
+        draw.text((x1 + 1 - left, ty + 1 - top), text, fill=(255, 255, 255) if dark else (0, 0, 0), font=font)
     return np.asarray(picture)

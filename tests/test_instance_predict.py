@@ -174,3 +174,33 @@ def test_mask_contour_is_the_inner_boundary() -> None:
     np.testing.assert_array_equal(mask_contour(mask), ring)
     full = np.ones((3, 3), bool)  # the image border counts as outside
     assert mask_contour(full).sum() == 8
+
+
+def test_checkpoint_written_by_training_predicts_and_its_json_loads_into_cocoeval(tmp_path: Path) -> None:
+    """End to end: the engine's best.pt through `seglab predict`, and COCO.loadRes reads instances.json."""
+    from pycocotools.coco import COCO
+
+    from seglab.core.config import Config, DataConfig, ModelConfig, TrainConfig
+    from seglab.engine.trainer import train
+
+    torch.manual_seed(0)
+    cfg = Config(task="instance", model=ModelConfig("mask_rcnn_resnet18_fpn", kwargs=dict(KWARGS)),
+                 data=DataConfig(dataset="synthetic_instances", synthetic_train=2, synthetic_val=1,
+                                 synthetic_size=[48, 64], num_workers=0),
+                 train=TrainConfig(epochs=1, batch_size=2, optimizer="adamw", lr=1e-3, out_dir=str(tmp_path),
+                                   run_name="inst", select_metric="mask_ap", val_bf=False, progress=False, amp="none",
+                                   threads=1))
+    best = train(cfg).best_checkpoint
+    Image.fromarray(_image(48, 64)).save(tmp_path / "a.png")
+    out = tmp_path / "pred"
+    assert main(["predict", str(best), str(tmp_path / "a.png"), "--out", str(out), "--score-threshold", "0",
+                 "--device", "cpu"]) == 0
+    assert {"a_instances.png", "a_ids.png", "instances.json"} <= {p.name for p in out.iterdir()}
+    results = json.loads((out / "instances.json").read_text())
+    assert results, "box_score_thresh 0 and --score-threshold 0 keep the model's detections"
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 1, "file_name": "a.png", "height": 48, "width": 64}], "annotations": [],
+                  "categories": [{"id": 1, "name": "Pole"}, {"id": 2, "name": "Car"}]}
+    gt.createIndex()
+    loaded = gt.loadRes(str(out / "instances.json"))
+    assert len(loaded.getAnnIds()) == len(results)

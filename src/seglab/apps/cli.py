@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--mc-samples", type=int, default=0,
                     help="Monte-Carlo dropout samples (Bayesian models): also writes uncertainty heat maps")
     _add_tta_arguments(pr)
+    pr.add_argument("--task", choices=("semantic", "instance"), help="check the checkpoint is of this task")
+    pr.add_argument("--score-threshold", type=float, help="instance checkpoints: minimum score (default 0.5)")
     pr.add_argument("--video", action="store_true", help="the inputs are videos (default: by extension, e.g. .mp4)")
     pr.add_argument("--save-frames", action="store_true", help="videos: also write each frame's label PNG")
     pr.add_argument("--every-n", type=int, default=1, help="videos: segment every n-th frame, reuse labels between")
@@ -200,36 +202,41 @@ def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
+    from seglab.apps.instance_predict import predict_instances_to_files
     from seglab.apps.predict import predict_to_files
+    from seglab.apps.video import is_video, predict_videos
+    from seglab.inference.predictor import Segmenter
     from seglab.ops.tta import TTA
 
     _no_extra(extra)
     tta = TTA.from_cli(args.tta, args.tta_scales)
     if tta is not None and args.mc_samples:
         raise SeglabError("--tta and --mc-samples cannot be combined: choose one.")
+    video = args.video or any(is_video(item) for item in args.inputs)
     if args.backend == "onnxruntime":
-        if args.mc_samples:
-            raise SeglabError("--mc-samples needs the torch backend (dropout must sample at run time).")
-        if tta is not None:
-            raise SeglabError("--tta needs the torch backend: predict from the checkpoint, or score the ONNX file "
-                              "with `seglab evaluate CKPT --onnx FILE --tta`.")
+        if args.mc_samples or tta is not None or args.task == "instance" or args.score_threshold is not None:
+            raise SeglabError("--mc-samples, --tta, --task instance and --score-threshold need the torch backend: "
+                              "predict from the checkpoint (or score an ONNX file with `seglab evaluate CKPT --onnx FILE`).")
         from seglab.inference.onnx_backend import OnnxSegmenter
 
         seg = OnnxSegmenter(args.checkpoint, tile=args.tile, tile_overlap=args.tile_overlap)
     else:
-        from seglab.inference.predictor import Segmenter
-
         seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile,
-                                        tile_overlap=args.tile_overlap, fast=not args.no_fast, tta=tta)
-    from seglab.apps.video import is_video, predict_videos
-
-    if args.video or any(is_video(item) for item in args.inputs):
+                                        tile_overlap=args.tile_overlap, fast=not args.no_fast, tta=tta, task=args.task,
+                                        score_threshold=args.score_threshold)
+    if seg.task == "instance":
+        if args.mc_samples or video:
+            raise SeglabError(f"{'--mc-samples' if args.mc_samples else 'Video prediction'} applies to semantic "
+                              f"checkpoints; {args.checkpoint!r} is an instance checkpoint. Predict images without it.")
+        files = predict_instances_to_files(seg, args.inputs, args.out, args.alpha)
+    elif video:
         if args.mc_samples:
             raise SeglabError("--mc-samples is for images; drop it to predict videos.")
         predict_videos(seg, args.inputs, args.out, args.alpha, forced=args.video, save_frames=args.save_frames,
                        every_n=args.every_n, max_frames=args.max_frames)
         return 0
-    files = predict_to_files(seg, args.inputs, args.out, args.alpha, mc_samples=args.mc_samples)
+    else:
+        files = predict_to_files(seg, args.inputs, args.out, args.alpha, mc_samples=args.mc_samples)
     print(f"seglab: wrote {len(files)} files to {args.out}")
     return 0
 

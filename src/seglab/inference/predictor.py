@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from seglab.core.errors import SeglabError
 from seglab.core.runtime import autocast, resolve_amp, select_device
-from seglab.data import read_image
+from seglab.inference.base import ImageLike, Predictor
 from seglab.inference.fastpath import optimize_for_inference
+from seglab.inference.instance_predictor import InstanceSegmenter
 from seglab.metrics.uncertainty import uncertainty_maps
 from seglab.models.zoo import get_pretrained
 from seglab.ops.contract import valid_output_fn
@@ -26,62 +26,10 @@ from seglab.ops.mc_dropout import mc_dropout, mc_probabilities
 from seglab.ops.resize import forward_at_size
 from seglab.ops.tiling import predict_tiled
 from seglab.ops.tta import TTA, as_tta, tta_forward
-from seglab.tasks.checkpoint import model_from_checkpoint, read_checkpoint
+from seglab.tasks.checkpoint import Checkpoint, check_compatible, model_from_checkpoint, read_checkpoint
 from seglab.tasks.semantic import require_dropout
 
-__all__ = ["Predictor", "Segmenter"]
-
-ImageLike = np.ndarray | Image.Image | str | Path
-
-
-class Predictor:
-    """What every prediction backend shares: reading images, normalising them, and turning
-    logits into probabilities and label maps. Subclasses set ``mean`` / ``std`` (``3 x 1 x 1``
-    tensors) and implement :meth:`predict_logits` (:class:`Segmenter` for PyTorch,
-    :class:`seglab.inference.onnx_backend.OnnxSegmenter` for onnxruntime)."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    @staticmethod
-    def load(image: ImageLike) -> np.ndarray:
-        """Any supported image input as an ``H x W x 3`` uint8 array."""
-        if isinstance(image, (str, Path)):
-            return read_image(image)
-        if isinstance(image, Image.Image):
-            return np.asarray(image.convert("RGB"))
-        if isinstance(image, np.ndarray):
-            if image.ndim == 2:
-                image = np.repeat(image[..., None], 3, axis=2)
-            if image.ndim != 3 or image.shape[2] not in (3, 4):
-                raise SeglabError(f"Expected an H x W x 3 RGB array, got shape {image.shape}.")
-            if image.dtype != np.uint8:
-                raise SeglabError(f"Expected a uint8 RGB array (0-255), got dtype {image.dtype}; convert with .astype(np.uint8).")
-            return image[..., :3]
-        raise SeglabError(f"Cannot read an image from {type(image).__name__}: pass a path, a PIL image or a uint8 array.")
-
-    def preprocess(self, image: ImageLike) -> torch.Tensor:
-        """``1 x 3 x H x W`` normalised float32 tensor (CPU) at the image's own size."""
-        array = self.load(image)
-        x = torch.from_numpy(np.require(array, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255)
-        return ((x - self.mean) / self.std).unsqueeze(0)
-
-    def predict_logits(self, image: ImageLike) -> torch.Tensor:
-        """Logits ``C x H x W`` (float32, CPU) at the image's own size."""
-        raise NotImplementedError
-
-    def predict_proba(self, image: ImageLike) -> np.ndarray:
-        """Class probabilities ``C x H x W`` (softmax; sigmoid for one-channel binary models)."""
-        logits = self.predict_logits(image)
-        probs = torch.sigmoid(logits) if logits.shape[0] == 1 else logits.softmax(0)
-        return probs.numpy()
-
-    def predict(self, image: ImageLike) -> np.ndarray:
-        """Class ids ``H x W`` (int64) for one RGB image (path, PIL image or uint8 array)."""
-        logits = self.predict_logits(image)
-        if logits.shape[0] == 1:
-            return (logits[0] > 0).long().numpy()
-        return logits.argmax(0).numpy()
+__all__ = ["ImageLike", "Predictor", "Segmenter"]  # Predictor and ImageLike live in base.py
 
 
 class Segmenter(Predictor):
@@ -137,7 +85,8 @@ class Segmenter(Predictor):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "none",
                         tile: Sequence[int] | None = None, tile_overlap: int = 32, fast: bool = True,
-                        tta: TTA | bool | str | None = None) -> "Segmenter":
+                        tta: TTA | bool | str | None = None, task: str | None = None,
+                        score_threshold: float | None = None) -> Segmenter | InstanceSegmenter:
         """Rebuild model, classes, palette and normalisation from a seglab checkpoint.
 
         ``tile`` (h, w) switches on overlap-tile inference with mirror padding and Gaussian
@@ -145,9 +94,21 @@ class Segmenter(Predictor):
         :class:`seglab.ops.tta.TTA`, True for the default flips and scales, or a scale string like
         ``"0.75,1,1.25"``) averages the probabilities of flipped and rescaled views; with tiling,
         each view is tiled (scales relative to the image's own size).
+
+        An instance checkpoint (``task: instance``, Mask R-CNN) gives an
+        :class:`~seglab.inference.instance_predictor.InstanceSegmenter`, whose ``predict`` returns
+        instances above ``score_threshold`` (default 0.5); tiling and TTA are for semantic
+        checkpoints. ``task`` (``semantic`` / ``instance``), when given, must match the checkpoint's.
         """
         ckpt = read_checkpoint(path)
         meta = ckpt.meta
+        if task is not None:
+            check_compatible(ckpt, meta.model_name, meta.num_classes, path, task=task)
+        if meta.task == "instance":
+            return _instance_segmenter(ckpt, path, device, amp, tile, tta, score_threshold)
+        if score_threshold is not None:
+            raise SeglabError(f"score_threshold (--score-threshold) applies to instance checkpoints; {str(path)!r} is a "
+                              f"semantic {meta.model_name} checkpoint, which predicts label maps. Drop it.")
         return cls(model_from_checkpoint(ckpt, path), meta.num_classes, meta.class_names, meta.palette, meta.mean,
                    meta.std, infer_size=meta.image_size, device=device, amp=amp, ignore_index=meta.ignore_index,
                    model_name=meta.model_name, tile=tile, tile_overlap=tile_overlap,
@@ -155,11 +116,12 @@ class Segmenter(Predictor):
 
     @classmethod
     def from_pretrained(cls, name: str, device: str = "auto", amp: str = "none", tile: Sequence[int] | None = None,
-                        tile_overlap: int = 32, fast: bool = True, tta: TTA | bool | str | None = None) -> "Segmenter":
+                        tile_overlap: int = 32, fast: bool = True, tta: TTA | bool | str | None = None,
+                        score_threshold: float | None = None) -> Segmenter | InstanceSegmenter:
         """The trained weights named ``name`` (``segnet_basic.camvid``; ``seglab weights`` lists them)."""
         get_pretrained(name)  # a clear error, with the close names, for a name that does not exist
         return cls.from_checkpoint(name, device=device, amp=amp, tile=tile, tile_overlap=tile_overlap, fast=fast,
-                                   tta=tta)
+                                   tta=tta, score_threshold=score_threshold)
 
     #: Largest image (pixels) run through the model in one pass at its own size; above it the
     #: activations of even a small network take many GB (8000x8000: 6.9 GB), so ask for tiles.
@@ -214,3 +176,17 @@ class Segmenter(Predictor):
         out = {k: v[0].cpu().numpy() for k, v in maps.items()}
         out["labels"] = maps["mean"][0].argmax(0).cpu().numpy()
         return out
+
+
+def _instance_segmenter(ckpt: Checkpoint, path: str | Path, device: str, amp: str, tile: Sequence[int] | None,
+                        tta: TTA | bool | str | None, score_threshold: float | None) -> InstanceSegmenter:
+    """The instance predictor of an instance checkpoint; the semantic-only options are refused."""
+    asked = [name for name, value in (("tile (--tile)", tile), ("tta (--tta)", tta)) if value]
+    if asked:
+        raise SeglabError(f"{' and '.join(asked)} {'apply' if len(asked) > 1 else 'applies'} to semantic checkpoints; {str(path)!r} is an instance "
+                          f"({ckpt.meta.model_name}) checkpoint, which runs on the whole image. Drop "
+                          f"{'them' if len(asked) > 1 else 'it'}.")
+    meta = ckpt.meta
+    return InstanceSegmenter(model_from_checkpoint(ckpt, path), meta.num_classes, meta.class_names, meta.palette,
+                             device=device, amp=amp, model_name=meta.model_name,
+                             score_threshold=0.5 if score_threshold is None else score_threshold)

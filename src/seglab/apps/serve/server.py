@@ -30,6 +30,9 @@ def load_segmenter(model: str, device: str = "auto", threads: int | None = None)
 
         torch.set_num_threads(threads)
     seg = Segmenter.from_checkpoint(model, device=device)
+    if not isinstance(seg, Segmenter):  # an instance (Mask R-CNN) checkpoint: InstanceSegmenter
+        raise SeglabError(f"{model!r} is an instance-segmentation checkpoint; seglab serve answers with label maps and "
+                          "serves semantic models only for now. Use `seglab predict` for instances.")
     extra: dict[str, Any] = {"source": str(model)}
     if is_pretrained_name(model):
         meta = pretrained_metadata(model)

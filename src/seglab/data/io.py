@@ -148,6 +148,17 @@ def read_mask(path: str | Path) -> np.ndarray:
     raise SeglabError(f"Mask {str(path)!r} has an unsupported image mode {mode!r}; save it as an 8-bit PNG.")
 
 
+def read_mask_of_image(image_path: str | Path, label_path: str | Path, dataset: str, image_word: str = "image"
+                       ) -> np.ndarray:
+    """The label map of ``label_path``, which must have ``image_path``'s size (a clear error otherwise)."""
+    raw = read_mask(label_path)
+    h, w = image_hw(image_path)
+    if raw.shape != (h, w):
+        raise SeglabError(f"{dataset} label {str(label_path)!r} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its "
+                          f"{image_word} {str(image_path)!r} is {w}x{h}; labels must have their {image_word}'s size.")
+    return raw
+
+
 def _colour_codes(rgb: np.ndarray) -> np.ndarray:
     rgb = rgb.astype(np.int32)
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]

@@ -39,7 +39,7 @@ from seglab.data.base import DatasetInfo, SegmentationDataset, Transform
 from seglab.data.cache import ArrayCache
 from seglab.data.camvid import parse_list_file
 from seglab.data.folder import pair_by_stem
-from seglab.data.io import describe_bad_values, image_hw, read_mask
+from seglab.data.io import describe_bad_values, read_mask_of_image
 from seglab.data.transforms import build_transforms
 from seglab.data.weight_map import transform_with_weight_map, unet_weight_map
 
@@ -190,11 +190,7 @@ class ISBI2012Dataset(SegmentationDataset):
 
     def _decode_mask(self, i: int) -> np.ndarray:
         image_path, label_path = self.samples[i]
-        raw = read_mask(label_path)
-        h, w = image_hw(image_path)
-        if raw.shape != (h, w):
-            raise SeglabError(f"ISBI 2012 label {str(label_path)!r} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its "
-                              f"slice {str(image_path)!r} is {w}x{h}; labels must have their slice's size.")
+        raw = read_mask_of_image(image_path, label_path, "ISBI 2012", "slice")
         return map_isbi_labels(raw, label_path)
 
     def _cached_weight_map(self, i: int) -> np.ndarray:

@@ -39,7 +39,7 @@ import numpy as np
 from seglab.core.config import DataConfig
 from seglab.core.errors import SeglabError, did_you_mean
 from seglab.data.base import DatasetInfo, SegmentationDataset, Transform
-from seglab.data.io import describe_bad_values, image_hw, read_mask
+from seglab.data.io import describe_bad_values, read_mask_of_image
 from seglab.data.transforms import build_transforms
 
 __all__ = [
@@ -190,11 +190,7 @@ class SUNRGBDDataset(SegmentationDataset):
 
     def _decode_mask(self, i: int) -> np.ndarray:
         image_path, label_path = self.samples[i]
-        raw = read_mask(label_path)
-        h, w = image_hw(image_path)
-        if raw.shape != (h, w):
-            raise SeglabError(f"SUN RGB-D label {str(label_path)!r} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its "
-                              f"image {str(image_path)!r} is {w}x{h}; labels must have their image's size.")
+        raw = read_mask_of_image(image_path, label_path, "SUN RGB-D")
         return map_sunrgbd_labels(raw, self.info.ignore_index, label_path).astype(self._mask_dtype)
 
 

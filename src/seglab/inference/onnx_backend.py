@@ -61,9 +61,15 @@ class OnnxSegmenter(Predictor):
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
                  tile: Sequence[int] | None = None, tile_overlap: int = 32) -> None:
+        import onnxruntime as ort
+
         self.path = Path(path)
-        meta = self._read_metadata()
-        self._open_session(threads, providers)
+        meta = read_onnx_metadata(self.path)
+        try:
+            self.session = ort.InferenceSession(str(self.path), _session_options(threads),
+                                                providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as e:  # onnxruntime's own exception types
+            raise SeglabError(f"onnxruntime cannot load {str(self.path)!r}: {e}") from e
         self.metadata = meta
         self.model_name: str = meta["model_name"]
         self.num_classes: int = int(meta["num_classes"])
@@ -81,19 +87,6 @@ class OnnxSegmenter(Predictor):
             raise SeglabError(f"{str(self.path)!r} was exported for {meta.get('export_size')} inputs only; use that "
                               "tile size or re-export with dynamic height/width.")
         self.tile_overlap = tile_overlap
-
-    def _read_metadata(self) -> dict[str, Any]:
-        return read_onnx_metadata(self.path)
-
-    def _open_session(self, threads: int | None, providers: Sequence[str] | None) -> None:
-        """Load ``self.path`` into the runtime (subclasses: another runtime, same pre- and post-processing)."""
-        import onnxruntime as ort
-
-        try:
-            self.session = ort.InferenceSession(str(self.path), _session_options(threads),
-                                                providers=list(providers or ["CPUExecutionProvider"]))
-        except Exception as e:  # onnxruntime's own exception types
-            raise SeglabError(f"onnxruntime cannot load {str(self.path)!r}: {e}") from e
         self.input_name = self.session.get_inputs()[0].name
 
     @classmethod

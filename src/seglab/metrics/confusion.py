@@ -212,6 +212,14 @@ class SegmentationMetrics:
         if self.compute_bf:
             self._bf.update(pred.cpu().numpy(), target.cpu().numpy())
 
+    def __getstate__(self) -> dict:
+        # Sent between processes (distributed validation): the confusion matrix travels on the CPU,
+        # whatever device it was accumulated on.
+        state = dict(self.__dict__)
+        if state.get("confusion") is not None:
+            state["confusion"] = state["confusion"].cpu()
+        return state
+
     def merge(self, other: SegmentationMetrics) -> SegmentationMetrics:
         """Add the state of ``other`` (e.g. another worker's) into this object and return it."""
         if other.num_classes != self.num_classes or other.ignore_index != self.ignore_index:

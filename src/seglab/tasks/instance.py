@@ -78,12 +78,6 @@ class InstanceMeter:
         self.semantic.merge(other.semantic)
         return self
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Sent between processes: the confusion matrix travels on the CPU, whatever device it was on.
-        if self.semantic.confusion is not None:
-            self.semantic.confusion = self.semantic.confusion.cpu()
-        return self.__dict__
-
     def compute(self) -> dict[str, Any]:
         return {**self.semantic.compute(), **self.instances.compute()}
 

@@ -96,12 +96,6 @@ class SemanticMetrics:
         self.slices[1].extend(other.slices[1])
         return self
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Sent between processes: the confusion matrix travels on the CPU, whatever GPU it was on.
-        if self.metrics.confusion is not None:
-            self.metrics.confusion = self.metrics.confusion.cpu()
-        return self.__dict__
-
     def compute(self) -> dict[str, Any]:
         results = self.metrics.compute()
         if self.calibration is not None:

@@ -94,26 +94,31 @@ def _poolers(roi_pooler: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"box_roi_pool": build_roi_pooler(roi_pooler, 7), "mask_roi_pool": build_roi_pooler(roi_pooler, 14)}
 
 
+def _torchvision_resnet50(builder: Any, num_classes: int, weights_backbone: str | None, roi_pooler: str,
+                          frozen_bn: bool | None, trainable_backbone_layers: int | None, kwargs: dict[str, Any]
+                          ) -> MaskRCNN:
+    """A torchvision ResNet-50-FPN Mask R-CNN builder, never downloading, with seglab's poolers and body."""
+    model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **_poolers(roi_pooler, kwargs),
+                    **kwargs)
+    _prepare_body(model.backbone.body, arch="resnet50", weights_backbone=weights_backbone, frozen_bn=frozen_bn,
+                  trainable_backbone_layers=trainable_backbone_layers)
+    return model
+
+
 def mask_rcnn_resnet50_fpn(num_classes: int = 91, *, weights_backbone: str | None = None, roi_pooler: str = "align",
                            frozen_bn: bool | None = None, trainable_backbone_layers: int | None = None,
                            **kwargs: Any) -> MaskRCNN:
     """torchvision ``maskrcnn_resnet50_fpn`` (He et al. 2017); ``kwargs`` go to ``MaskRCNN`` (``min_size``, ...)."""
-    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
-                                  **_poolers(roi_pooler, kwargs), **kwargs)
-    _prepare_body(model.backbone.body, arch="resnet50", weights_backbone=weights_backbone, frozen_bn=frozen_bn,
-                  trainable_backbone_layers=trainable_backbone_layers)
-    return model
+    return _torchvision_resnet50(maskrcnn_resnet50_fpn, num_classes, weights_backbone, roi_pooler, frozen_bn,
+                                 trainable_backbone_layers, kwargs)
 
 
 def mask_rcnn_resnet50_fpn_v2(num_classes: int = 91, *, weights_backbone: str | None = None, roi_pooler: str = "align",
                               frozen_bn: bool | None = None, trainable_backbone_layers: int | None = None,
                               **kwargs: Any) -> MaskRCNN:
     """torchvision ``maskrcnn_resnet50_fpn_v2`` (Li et al. 2021: BN heads, two-conv RPN)."""
-    model = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=num_classes,
-                                     **_poolers(roi_pooler, kwargs), **kwargs)
-    _prepare_body(model.backbone.body, arch="resnet50", weights_backbone=weights_backbone, frozen_bn=frozen_bn,
-                  trainable_backbone_layers=trainable_backbone_layers)
-    return model
+    return _torchvision_resnet50(maskrcnn_resnet50_fpn_v2, num_classes, weights_backbone, roi_pooler, frozen_bn,
+                                 trainable_backbone_layers, kwargs)
 
 
 def mask_rcnn_resnet18_fpn(num_classes: int = 2, *, weights_backbone: str | None = None, roi_pooler: str = "align",

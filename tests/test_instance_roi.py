@@ -75,6 +75,19 @@ def test_roi_pool_follows_the_same_fpn_level_mapping() -> None:
         assert torch.equal(pooled[i:i + 1], expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_roi_pool_runs_on_half_features_as_roi_align_does(dtype: torch.dtype) -> None:
+    # torchvision's CPU roi_pool kernel has no bfloat16: bf16 autocast training stopped at the first RoI
+    torch.manual_seed(0)
+    x = OrderedDict((str(k), torch.randn(1, 4, 64 >> k, 64 >> k)) for k in range(4))
+    boxes = [torch.tensor([[2.0, 3.0, 30.0, 40.0], [10.0, 10.0, 250.0, 240.0]])]
+    pool = MultiScaleRoIPool(list(x), OUT, 2)
+    expected = pool(x, boxes, [(256, 256)])
+    half = pool(OrderedDict((k, v.to(dtype)) for k, v in x.items()), boxes, [(256, 256)])
+    assert half.dtype == dtype
+    torch.testing.assert_close(half.float(), expected, atol=0.05, rtol=0.02)
+
+
 if __name__ == "__main__":
     for name, error in pooler_errors().items():
         print(f"{name:<40} MAE {error:.4f}")

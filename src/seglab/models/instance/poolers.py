@@ -23,6 +23,17 @@ __all__ = ["MultiScaleRoIPool", "ROI_POOLERS", "build_roi_pooler"]
 ROI_POOLERS = ("align", "pool")
 
 
+def _roi_pool(feature: Tensor, rois: Tensor, output_size: tuple[int, int], scale: float) -> Tensor:
+    """``roi_pool`` in the feature's dtype, computed in fp32 for half types.
+
+    torchvision's CPU kernel has no bfloat16 (``roi_align`` is cast to fp32 by its autocast rule,
+    ``roi_pool`` is not), so bf16 autocast training would stop at the first RoI.
+    """
+    if feature.dtype in (torch.float16, torch.bfloat16):
+        return roi_pool(feature.float(), rois.float(), output_size, spatial_scale=scale).to(feature.dtype)
+    return roi_pool(feature, rois.to(feature.dtype), output_size, spatial_scale=scale)
+
+
 class MultiScaleRoIPool(MultiScaleRoIAlign):
     """``MultiScaleRoIAlign``'s interface and level mapping, pooling with ``roi_pool``.
 
@@ -37,13 +48,13 @@ class MultiScaleRoIPool(MultiScaleRoIAlign):
                                                          self.canonical_level)
         rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)], dim=0)
         if len(features) == 1:
-            return roi_pool(features[0], rois, self.output_size, spatial_scale=self.scales[0])
+            return _roi_pool(features[0], rois, self.output_size, self.scales[0])
         levels = self.map_levels(boxes)
         first = features[0]
         result = torch.zeros((len(rois), first.shape[1], *self.output_size), dtype=first.dtype, device=first.device)
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             index = torch.where(levels == level)[0]
-            pooled = roi_pool(feature, rois[index], self.output_size, spatial_scale=scale)
+            pooled = _roi_pool(feature, rois[index], self.output_size, scale)
             # Under autocast the levels may come in different dtypes: match the result's (as torchvision does).
             result[index] = pooled.to(result.dtype)
         return result

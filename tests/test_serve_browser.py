@@ -15,7 +15,7 @@ pytest.importorskip("selenium", reason="selenium is not installed: pip install '
 from PIL import Image  # noqa: E402
 
 from seglab.apps.serve import ServeSettings, create_app  # noqa: E402
-from serve_util import random_image, running_server, tiny_segmenter  # noqa: E402
+from serve_util import random_image, running_server, tiny_instance_segmenter, tiny_segmenter  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver")
@@ -121,4 +121,44 @@ def test_sample_button_and_uncertainty_maps_for_a_dropout_model(driver) -> None:
         assert driver.find_element(By.ID, "uncertainty").is_displayed()
         wait.until(lambda d: d.execute_script("return document.getElementById('entropy').naturalWidth") == 240)
         assert driver.execute_script("return document.getElementById('mutual-info').naturalHeight") == 180
+        assert _severe(driver.get_log("browser")) == []
+
+
+def test_instance_model_shows_overlay_and_instance_table(driver, tmp_path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    seg = tiny_instance_segmenter(score_threshold=0.0)  # keeps every detection of the random model
+    image = random_image(4, 48, 64)
+    upload = tmp_path / "cells.png"
+    Image.fromarray(image).save(upload)
+    found = seg.predict(image)
+    assert len(found) > 0
+    wait = WebDriverWait(driver, 30)
+    with running_server(create_app(seg, ServeSettings())) as url:
+        driver.get(url + "/")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "model-name"), "instances"))
+        assert driver.find_element(By.ID, "score-option").is_displayed()
+        assert driver.find_element(By.ID, "score-threshold").get_attribute("value") == "0"
+        driver.find_element(By.ID, "file-input").send_keys(str(upload))
+        wait.until(lambda d: d.find_element(By.ID, "overlay").get_attribute("data-state") == "done")
+        assert driver.execute_script("return document.getElementById('mask').naturalWidth") == 64
+        assert not driver.find_element(By.ID, "legend").is_displayed()
+        assert driver.find_element(By.ID, "result-title").text == f"{len(found)} instances"
+        rows = driver.find_elements(By.CSS_SELECTOR, "#instances tbody tr")
+        assert [r.find_element(By.CSS_SELECTOR, ".name").text for r in rows] == [seg.class_names[i] for i in found.labels]
+        assert [r.find_element(By.CSS_SELECTOR, ".score").text for r in rows] == [f"{s:.3f}" for s in found.scores]
+        mask = driver.find_element(By.ID, "mask")
+        ActionChains(driver).move_to_element_with_offset(mask, 10, 5).perform()
+        x, y, what = re.fullmatch(r"\((\d+), (\d+)\): (.+)", driver.find_element(By.ID, "hover-class").text).groups()
+        at = int(found.id_map()[int(y), int(x)])
+        assert what == ("background" if at == 0 else f"#{at} {seg.class_names[found.labels[at - 1]]} "
+                                                    f"{found.scores[at - 1]:.3f}")
+        driver.save_screenshot(str(tmp_path / "instances.png"))
+        driver.execute_script("document.getElementById('score-threshold').value = 1;"  # re-runs the last image
+                              "document.getElementById('score-threshold').dispatchEvent(new Event('change'));")
+        wait.until(lambda d: d.find_element(By.ID, "result-title").text == "0 instances")
+        assert driver.find_elements(By.CSS_SELECTOR, "#instances tbody tr") == []
         assert _severe(driver.get_log("browser")) == []

@@ -25,24 +25,33 @@ from seglab.core.atomic import atomic_write_text
 from seglab.core.errors import SeglabError
 from seglab.inference.instance_predictor import Instances, InstanceSegmenter
 
-__all__ = ["RESULTS_FILE", "coco_results", "predict_instances_to_files", "write_instances"]
+__all__ = ["RESULTS_FILE", "coco_bbox", "coco_results", "encode_masks", "predict_instances_to_files",
+           "write_instances"]
 
 RESULTS_FILE = "instances.json"
 
 
-def coco_results(instances: Instances, image_id: int, file_name: str) -> list[dict[str, Any]]:
-    """COCO result records of one image's instances (RLE masks, ``counts`` as text so JSON can hold it)."""
-    if not len(instances):
+def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
+    """COCO RLE of each ``N x H x W`` bool mask: ``{"size": [H, W], "counts": str}`` (``counts`` as text so
+    JSON can hold it; ``pycocotools.mask.decode`` takes it back after ``.encode()``)."""
+    if not len(masks):
         return []
-    rles = mask_utils.encode(np.asfortranarray(instances.masks.transpose(1, 2, 0).astype(np.uint8)))
-    records = []
-    for box, label, score, rle in zip(instances.boxes, instances.labels, instances.scores, rles):
-        x1, y1, x2, y2 = (float(v) for v in box)
-        records.append({"image_id": image_id, "file_name": file_name, "category_id": int(label),
-                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                        "score": round(float(score), 5),
-                        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}})
-    return records
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
+
+
+def coco_bbox(box: np.ndarray) -> list[float]:
+    """``(x1, y1, x2, y2)`` as COCO's ``[x, y, width, height]``, rounded to 0.01 px."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
+
+
+def coco_results(instances: Instances, image_id: int, file_name: str) -> list[dict[str, Any]]:
+    """COCO result records of one image's instances (RLE masks)."""
+    return [{"image_id": image_id, "file_name": file_name, "category_id": int(label), "bbox": coco_bbox(box),
+             "score": round(float(score), 5), "segmentation": rle}
+            for box, label, score, rle in zip(instances.boxes, instances.labels, instances.scores,
+                                              encode_masks(instances.masks))]
 
 
 def write_instances(segmenter: InstanceSegmenter, image: np.ndarray, instances: Instances, out_dir: Path, stem: str,

@@ -45,6 +45,11 @@ class Instances:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def above(self, score_threshold: float) -> Instances:
+        """The instances scoring at least ``score_threshold``: a prefix, since they are in score order."""
+        n = int(np.count_nonzero(self.scores >= score_threshold))
+        return Instances(self.boxes[:n], self.labels[:n], self.scores[:n], self.masks[:n])
+
     @property
     def image_size(self) -> tuple[int, int]:
         return int(self.masks.shape[1]), int(self.masks.shape[2])
@@ -104,10 +109,7 @@ class InstanceSegmenter(Predictor):
 
     @score_threshold.setter
     def score_threshold(self, value: float) -> None:
-        value = float(value)
-        if not value >= 0.0:  # also refuses NaN
-            raise SeglabError(f"score_threshold must be >= 0 (scores lie in [0, 1]; above 1 keeps nothing), got {value}.")
-        self._score_threshold = value
+        self._score_threshold = _checked_threshold(value)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | Checkpoint, device: str = "auto", amp: str = "none",
@@ -124,15 +126,29 @@ class InstanceSegmenter(Predictor):
     def class_name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else f"class {label}"
 
-    @torch.inference_mode()
     def predict(self, image: ImageLike) -> Instances:  # type: ignore[override]  (instances, not a label map)
         """The instances of one RGB image (path, PIL image or uint8 array) scoring at least ``score_threshold``."""
-        x = self.preprocess(image)[0].to(self.device)  # 3 x H x W in [0, 1]
-        h, w = x.shape[-2:]
+        return self.predict_batch([image])[0]
+
+    @torch.inference_mode()
+    def predict_batch(self, images: Sequence[ImageLike], score_threshold: float | None = None) -> list[Instances]:
+        """The instances of several images in one forward pass (torchvision's list input), in order.
+
+        Each image is resized and normalised on its own, but the model pads the batch to its largest
+        resized size, so only images of one size give what :meth:`predict` gives (up to float rounding);
+        with other sizes in the batch the extra padding moves anchors and border features.
+        ``score_threshold`` overrides the predictor's for this call.
+        """
+        threshold = self.score_threshold if score_threshold is None else _checked_threshold(score_threshold)
+        xs = [self.preprocess(image)[0].to(self.device) for image in images]  # 3 x H x W in [0, 1]
         with autocast(self.device, self.amp_dtype):
-            out = self.model([x])[0]
+            outs = self.model(xs)
+        return [self._instances(out, x.shape[-2:], threshold) for out, x in zip(outs, xs)]
+
+    def _instances(self, out: dict[str, torch.Tensor], size: torch.Size, threshold: float) -> Instances:
+        h, w = size
         scores = out["scores"].float().cpu()
-        keep = torch.nonzero(scores >= self.score_threshold).flatten()
+        keep = torch.nonzero(scores >= threshold).flatten()
         keep = keep[torch.argsort(scores[keep], descending=True, stable=True)]
         masks = out["masks"].float().cpu()[keep]
         masks = masks[:, 0] if masks.ndim == 4 else masks
@@ -146,3 +162,10 @@ class InstanceSegmenter(Predictor):
     def predict_logits(self, image: ImageLike) -> torch.Tensor:
         raise SeglabError(f"{self.model_name} is an instance-segmentation model: it has no per-pixel logits. Use "
                           ".predict(image) for its instances, or .predict(image).label_map() for a class map.")
+
+
+def _checked_threshold(value: float) -> float:
+    value = float(value)
+    if not value >= 0.0:  # also refuses NaN
+        raise SeglabError(f"score_threshold must be >= 0 (scores lie in [0, 1]; above 1 keeps nothing), got {value}.")
+    return value

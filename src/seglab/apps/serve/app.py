@@ -24,12 +24,15 @@ from seglab.apps.serve.batcher import MicroBatcher, QueueFull
 from seglab.apps.serve.decode import decode_image
 from seglab.apps.serve.errors import ACCEPTED_IMAGES, ApiError
 from seglab.apps.serve.guard import GuardMiddleware
+from seglab.apps.serve.instance_render import INSTANCE_FORMATS, instance_page_maps, instance_picture, instance_summary
+from seglab.apps.serve.instance_runner import InstanceRunner
 from seglab.apps.serve.metrics import ServeMetrics
 from seglab.apps.serve.render import page_maps, picture, summary
 from seglab.apps.serve.runner import ModelRunner
 from seglab.apps.serve.samples import sample_png, sample_names
 from seglab.apps.serve.settings import ServeSettings
 from seglab.apps.serve.upload import read_upload
+from seglab.core.errors import SeglabError
 from seglab.core.version import __version__
 
 __all__ = ["create_app", "model_info"]
@@ -41,16 +44,26 @@ _SEGMENT_BODY = {"requestBody": {"required": True, "description": ACCEPTED_IMAGE
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
+def _is_instance(segmenter: Any) -> bool:
+    return getattr(segmenter, "task", "semantic") == "instance"
+
+
 def model_info(segmenter: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What /v1/models says about the model: name, classes, palette, normalisation, weights metadata."""
-    return {"name": segmenter.model_name, "seglab_version": __version__,
+    """What /v1/models says about the model: task, name, classes, palette, normalisation, weights metadata;
+    for an instance model also its default score threshold and mask threshold."""
+    if _is_instance(segmenter):
+        extra = {"score_threshold": segmenter.score_threshold, "mask_threshold": segmenter.mask_threshold,
+                 "formats": ["json", *INSTANCE_FORMATS], **(extra or {})}
+    else:
+        extra = {"formats": ["json", "labels", "color", "overlay"], **(extra or {})}
+    return {"task": getattr(segmenter, "task", "semantic"), "name": segmenter.model_name, "seglab_version": __version__,
             "backend": "onnxruntime" if hasattr(segmenter, "session") else "torch",
             "num_classes": segmenter.num_classes,
             "classes": [{"id": i, "name": n, "color": list(segmenter.palette[i]) if i < len(segmenter.palette)
                          else [0, 0, 0]} for i, n in enumerate(segmenter.class_names)],
             "normalisation": {"mean": [round(float(v), 6) for v in segmenter.mean.flatten()],
                               "std": [round(float(v), 6) for v in segmenter.std.flatten()]},
-            "infer_size": segmenter.infer_size, "mc_dropout": _has_dropout(segmenter), **(extra or {})}
+            "infer_size": getattr(segmenter, "infer_size", None), "mc_dropout": _has_dropout(segmenter), **extra}
 
 
 def _has_dropout(segmenter: Any) -> bool:
@@ -64,12 +77,19 @@ def _error_response(err: ApiError) -> JSONResponse:
 
 
 def create_app(segmenter: Any, settings: ServeSettings | None = None, info: dict[str, Any] | None = None) -> FastAPI:
-    """The server for ``segmenter`` (a :class:`Segmenter` or :class:`OnnxSegmenter`)."""
+    """The server for ``segmenter`` (a :class:`Segmenter`, :class:`OnnxSegmenter` or :class:`InstanceSegmenter`)."""
     settings = (settings or ServeSettings()).check()
-    runner = ModelRunner(segmenter)
+    instance = _is_instance(segmenter)
+    if settings.score_threshold is not None and not instance:
+        raise SeglabError(f"--score-threshold applies to instance-segmentation models; {segmenter.model_name} "
+                          "predicts label maps.")
+    # The threshold of requests that give none: --score-threshold, else the predictor's own.
+    default_threshold = settings.score_threshold if settings.score_threshold is not None else \
+        getattr(segmenter, "score_threshold", None)
+    runner = InstanceRunner(segmenter) if instance else ModelRunner(segmenter)
     state: dict[str, Any] = {"ready": False, "batcher": None, "last_batch_s": 0.05}
     metrics = ServeMetrics(settings.max_batch_size, lambda: state["batcher"].queue.qsize() if state["batcher"] else 0)
-    described = model_info(segmenter, info)
+    described = model_info(segmenter, {**(info or {}), "score_threshold": default_threshold} if instance else info)
 
     def _queue_full(batcher: MicroBatcher) -> ApiError:
         # Retry-After: about the time the waiting batches take, at least a second.
@@ -97,7 +117,8 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None, info: dict
         await batcher.stop()
 
     app = FastAPI(title="seglab serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description=f"Semantic segmentation with {segmenter.model_name}. The page at / uses this API.")
+                  description=f"{'Instance' if instance else 'Semantic'} segmentation with {segmenter.model_name}. "
+                              "The page at / uses this API.")
     app.add_middleware(GuardMiddleware, api_key=settings.api_key, metrics=metrics)
     static = resources.files("seglab.apps.serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
@@ -110,7 +131,8 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None, info: dict
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
         return _error_response(ApiError(422, "invalid_parameter", f"Invalid request parameters: {problems}.",
-                                        "format=json|labels|color|overlay, mc_samples=0..N, alpha=0..1, maps=true"))
+                                        "format=json|labels|color|overlay (instance models also ids), mc_samples=0..N, "
+                                        "alpha=0..1, maps=true, score_threshold=0..1 (instance models)"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -161,16 +183,24 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None, info: dict
     @app.post("/v1/segment", summary="Segment one image", openapi_extra=_SEGMENT_BODY,
               responses={200: {"content": {"application/json": {}, "image/png": {}}}})
     async def segment(request: Request,
-                      format: Literal["json", "labels", "color", "overlay"] = Query("json"),
+                      format: Literal["json", "labels", "color", "overlay", "ids"] = Query(
+                          "json", description="ids: the 16-bit instance-id PNG (instance models)"),
                       mc_samples: int = Query(0, ge=0, le=settings.max_mc_samples),
                       alpha: float = Query(0.5, ge=0.0, le=1.0),
-                      maps: bool = Query(False, description="json only: add the pictures the web page draws")):
+                      maps: bool = Query(False, description="json only: add the pictures the web page draws"),
+                      score_threshold: float | None = Query(None, ge=0.0, le=1.0, description="instance models: keep "
+                                                            "detections scoring at least this (default: the server's)")):
         started = time.perf_counter()
         if not state["ready"]:
             raise ApiError(503, "not_ready", "The model is still loading or warming up.", headers={"Retry-After": "1"})
+        if not instance and (format == "ids" or score_threshold is not None):
+            asked = "format=ids" if format == "ids" else "score_threshold"
+            raise ApiError(422, "instance_only", f"{asked} applies to instance-segmentation models; "
+                           f"{segmenter.model_name} predicts label maps.", "format=json|labels|color|overlay")
         if mc_samples and not (runner.supports_mc and described["mc_dropout"]):
-            raise ApiError(422, "mc_unsupported", f"mc_samples needs a model with dropout (a Bayesian model) on the "
-                           f"torch backend; {segmenter.model_name} has none.", "mc_samples=0")
+            raise ApiError(422, "mc_unsupported", f"mc_samples needs a semantic model with dropout (a Bayesian model) "
+                           f"on the torch backend; {segmenter.model_name} has none"
+                           f"{' (an instance-segmentation model)' if instance else ''}.", "mc_samples=0")
         batcher: MicroBatcher = state["batcher"]
         if batcher.queue.full():  # shed load before reading and decoding the body
             raise _queue_full(batcher)
@@ -188,12 +218,29 @@ def create_app(segmenter: Any, settings: ServeSettings | None = None, info: dict
                            " s (--request-timeout-s); the server is overloaded or the image is too large.",
                            headers={"Retry-After": "1"}) from None
         headers = {"X-Inference-Ms": f"{prediction.model_ms:.3f}", "X-Batch-Size": str(prediction.batch_size)}
+        if instance:
+            return await _instance_answer(image, prediction, format, alpha, maps, score_threshold, headers, started)
         if format != "json":
             png = await anyio.to_thread.run_sync(picture, segmenter, image, prediction, format, alpha)
             return Response(png, media_type="image/png", headers=headers)
         body = summary(segmenter, prediction, {"name": described["name"], "version": described["seglab_version"]})
         if maps:
             body["maps"] = await anyio.to_thread.run_sync(page_maps, segmenter, prediction)
+        body["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        return JSONResponse(body, headers=headers)
+
+    async def _instance_answer(image, prediction, format, alpha, maps, score_threshold, headers, started):
+        threshold = default_threshold if score_threshold is None else score_threshold
+        found = prediction.instances.above(threshold)
+        headers["X-Instances"] = str(len(found))
+        if format != "json":
+            png = await anyio.to_thread.run_sync(instance_picture, segmenter, image, found, format, alpha)
+            return Response(png, media_type="image/png", headers=headers)
+        body = await anyio.to_thread.run_sync(instance_summary, segmenter, found, prediction,
+                                              {"name": described["name"], "version": described["seglab_version"]},
+                                              threshold)
+        if maps:
+            body["maps"] = await anyio.to_thread.run_sync(instance_page_maps, segmenter, image, found)
         body["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return JSONResponse(body, headers=headers)
 

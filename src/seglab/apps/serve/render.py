@@ -29,7 +29,7 @@ def summary(seg: Any, prediction: Prediction, model_info: dict[str, Any]) -> dic
     classes = [{"id": int(i), "name": seg.class_names[i] if i < len(seg.class_names) else f"class {i}",
                 "color": list(seg.palette[i]) if i < len(seg.palette) else [0, 0, 0],
                 "fraction": round(float(c) / total, 6)} for i, c in zip(ids, counts)]
-    return {"image_size": {"height": int(labels.shape[0]), "width": int(labels.shape[1])},
+    return {"task": "semantic", "image_size": {"height": int(labels.shape[0]), "width": int(labels.shape[1])},
             "model": model_info, "classes": classes,
             "inference_ms": round(prediction.model_ms, 3), "batch_size": prediction.batch_size}
 

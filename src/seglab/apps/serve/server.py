@@ -12,8 +12,8 @@ __all__ = ["load_segmenter", "run_server"]
 
 
 def load_segmenter(model: str, device: str = "auto", threads: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """``(predictor, extra model info)`` for a checkpoint path, an exported ``.onnx`` file or trained
-    weights by name (``unet.isbi2012``)."""
+    """``(predictor, extra model info)`` for a checkpoint path (semantic or instance), an exported ``.onnx``
+    file or trained weights by name (``unet.isbi2012``)."""
     if model.lower().endswith(".onnx"):
         from seglab.inference.onnx_backend import OnnxSegmenter
 
@@ -29,10 +29,7 @@ def load_segmenter(model: str, device: str = "auto", threads: int | None = None)
         import torch
 
         torch.set_num_threads(threads)
-    seg = Segmenter.from_checkpoint(model, device=device)
-    if not isinstance(seg, Segmenter):  # an instance (Mask R-CNN) checkpoint: InstanceSegmenter
-        raise SeglabError(f"{model!r} is an instance-segmentation checkpoint; seglab serve answers with label maps and "
-                          "serves semantic models only for now. Use `seglab predict` for instances.")
+    seg = Segmenter.from_checkpoint(model, device=device)  # an InstanceSegmenter for a Mask R-CNN checkpoint
     extra: dict[str, Any] = {"source": str(model)}
     if is_pretrained_name(model):
         meta = pretrained_metadata(model)

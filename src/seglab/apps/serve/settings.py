@@ -31,6 +31,8 @@ class ServeSettings:
 
     ``max_batch_size`` 1 switches batching off. Only images of the same height and width (and the
     same ``mc_samples``) are batched together; other sizes wait in their own batch.
+    ``score_threshold`` (instance models only) is the default of requests that give none; ``None``
+    keeps the predictor's (0.5 for a checkpoint).
     """
 
     host: str = "127.0.0.1"
@@ -44,6 +46,7 @@ class ServeSettings:
     request_timeout_s: float = 30.0
     max_mc_samples: int = 32
     warmup: bool = True
+    score_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -71,6 +74,8 @@ class ServeSettings:
                 raise SeglabError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}.")
         if self.max_batch_delay_ms < 0:
             raise SeglabError(f"--max-batch-delay-ms must be 0 or more, got {self.max_batch_delay_ms}.")
+        if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
+            raise SeglabError(f"--score-threshold must lie in [0, 1] (detection scores do), got {self.score_threshold}.")
         return self
 
 
@@ -92,5 +97,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-timeout-s", type=float, default=d.request_timeout_s,
                         help="upload (408) and prediction (504) time limit")
     parser.add_argument("--max-mc-samples", type=int, default=d.max_mc_samples)
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="instance models: default detection score threshold of requests (default 0.5)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch / onnxruntime threads (default: all cores)")

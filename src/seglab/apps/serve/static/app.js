@@ -1,9 +1,12 @@
-// The seglab serve page: upload or drop an image, show the overlay, legend, class under the pointer.
+// The seglab serve page: upload or drop an image, show the overlay, legend, class under the pointer;
+// for an instance model the overlay, a table of instances and the instance under the pointer.
 // No external assets: everything comes from this server.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, labels: null, width: 0, height: 0, objectUrl: null };
+const state = { model: null, labels: null, ids: null, instances: [], width: 0, height: 0, objectUrl: null,
+  file: null };
+const isInstance = () => Boolean(state.model && state.model.task === "instance");
 
 function headers() {
   const key = $("api-key").value.trim();
@@ -30,8 +33,12 @@ async function loadModel() {
   const response = await fetch("/v1/models", { headers: headers() });
   if (!response.ok) { showMessage(await explain(response), "error"); return; }
   state.model = (await response.json()).models[0];
-  $("model-name").textContent = state.model.name + " · " + state.model.num_classes + " classes";
+  $("model-name").textContent = state.model.name + " · " + (isInstance() ? "instances · " : "") +
+    state.model.num_classes + " classes";
   $("mc-option").hidden = !state.model.mc_dropout;
+  $("score-option").hidden = !isInstance();
+  if (isInstance()) $("score-threshold").value = state.model.score_threshold;
+  $("hover-class").textContent = "Point at the prediction to see the " + (isInstance() ? "instance." : "class.");
 }
 
 async function loadSamples() {
@@ -51,9 +58,9 @@ async function loadSamples() {
   }
 }
 
-function decodeLabels(maps, width, height) {
-  const bytes = Uint8Array.from(atob(maps.labels_b64), (c) => c.charCodeAt(0));
-  if (maps.labels_dtype === "uint8") return bytes;
+function decodeLabels(b64, dtype, width, height) {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  if (dtype === "uint8") return bytes;
   const out = new Uint16Array(width * height);
   const view = new DataView(bytes.buffer);
   for (let i = 0; i < out.length; i++) out[i] = view.getUint16(2 * i, true);
@@ -87,6 +94,53 @@ function drawLegend(classes) {
   }
 }
 
+function drawInstances(instances) {
+  // One row per instance, in score order; row i is id i + 1 of the id map.
+  const body = $("instances").querySelector("tbody");
+  body.replaceChildren();
+  for (const inst of instances) {
+    const row = document.createElement("tr");
+    row.dataset.instanceId = inst.id;
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = "rgb(" + inst.color.join(",") + ")";
+    const cells = [[swatch, ""], [String(inst.id), "id"], [inst.class_name, "name"],
+      [inst.score.toFixed(3), "score"], [inst.box.map((v) => v.toFixed(1)).join(", "), "box"]];
+    for (const [content, cls] of cells) {
+      const td = document.createElement("td");
+      if (cls) td.className = cls;
+      td.append(content);
+      row.appendChild(td);
+    }
+    body.appendChild(row);
+  }
+}
+
+function showResult(result) {
+  // Fills the panel for either task; returns the mask (or overlay) image's src.
+  const instance = result.task === "instance";
+  $("legend").hidden = instance;
+  $("instances").hidden = !instance;
+  $("result-title").textContent = instance ? result.count + " instances" : "Classes";
+  document.querySelector("aside").classList.toggle("wide", instance);
+  $("uncertainty").hidden = !result.maps.entropy_png;
+  if (instance) {
+    state.labels = null;
+    state.instances = result.instances;
+    state.ids = decodeLabels(result.maps.ids_b64, result.maps.ids_dtype, state.width, state.height);
+    drawInstances(result.instances);
+    return result.maps.overlay_png;
+  }
+  state.ids = null;
+  state.labels = decodeLabels(result.maps.labels_b64, result.maps.labels_dtype, state.width, state.height);
+  drawLegend(result.classes);
+  if (result.maps.entropy_png) {
+    $("entropy").src = result.maps.entropy_png;
+    $("mutual-info").src = result.maps.mutual_info_png;
+  }
+  return result.maps.color_png;
+}
+
 async function segment(file) {
   if (!file) return;
   showMessage("Segmenting " + file.name + " …", "busy");
@@ -96,6 +150,8 @@ async function segment(file) {
   let url = "/v1/segment?format=json&maps=true";
   const mc = parseInt($("mc-samples").value, 10);
   if (state.model && state.model.mc_dropout && mc > 0) url += "&mc_samples=" + mc;
+  const threshold = parseFloat($("score-threshold").value);
+  if (isInstance() && threshold >= 0 && threshold <= 1) url += "&score_threshold=" + threshold;
   let response;
   try {
     response = await fetch(url, { method: "POST", body: form, headers: headers() });
@@ -109,22 +165,15 @@ async function segment(file) {
     return;
   }
   const result = await response.json();
+  state.file = file;
   if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
   state.objectUrl = URL.createObjectURL(file);
   state.width = result.image_size.width;
   state.height = result.image_size.height;
-  state.labels = decodeLabels(result.maps, state.width, state.height);
   $("original").src = state.objectUrl;
   $("overlay-base").src = state.objectUrl;
   const maskLoaded = new Promise((resolve) => { $("mask").onload = resolve; });
-  $("mask").src = result.maps.color_png;
-  drawLegend(result.classes);
-  const un = $("uncertainty");
-  un.hidden = !result.maps.entropy_png;
-  if (result.maps.entropy_png) {
-    $("entropy").src = result.maps.entropy_png;
-    $("mutual-info").src = result.maps.mutual_info_png;
-  }
+  $("mask").src = showResult(result);
   $("timing").textContent = "Model " + result.inference_ms.toFixed(1) + " ms (batch of " + result.batch_size +
     "), request " + result.total_ms.toFixed(1) + " ms · " + state.width + " × " + state.height + " px";
   $("result").hidden = false;
@@ -134,14 +183,24 @@ async function segment(file) {
   showMessage("Segmented " + file.name + ".", "");
 }
 
+function describeInstance(id) {
+  for (const row of $("instances").querySelectorAll("tbody tr")) {
+    row.classList.toggle("hovered", Number(row.dataset.instanceId) === id);
+  }
+  if (id === 0) return "background";
+  const inst = state.instances[id - 1];
+  return "#" + id + " " + inst.class_name + " " + inst.score.toFixed(3);
+}
+
 function pointAt(event) {
-  if (!state.labels) return;
+  if (!state.labels && !state.ids) return;
   const box = $("mask").getBoundingClientRect();
   const x = Math.floor((event.clientX - box.left) * state.width / box.width);
   const y = Math.floor((event.clientY - box.top) * state.height / box.height);
   if (x < 0 || y < 0 || x >= state.width || y >= state.height) return;
-  const id = state.labels[y * state.width + x];
-  $("hover-class").textContent = "(" + x + ", " + y + "): " + className(id);
+  const at = y * state.width + x;
+  const what = state.ids ? describeInstance(state.ids[at]) : className(state.labels[at]);
+  $("hover-class").textContent = "(" + x + ", " + y + "): " + what;
 }
 
 function setOpacity() { $("mask").style.opacity = $("opacity").value / 100; }
@@ -159,6 +218,7 @@ function wire() {
   $("opacity").addEventListener("input", setOpacity);
   $("overlay").addEventListener("mousemove", pointAt);
   $("api-key").addEventListener("change", () => { loadModel(); });
+  $("score-threshold").addEventListener("change", () => segment(state.file));  // the last image, new threshold
   setOpacity();
 }
 

@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("checkpoint")
     x.add_argument("--format", choices=("onnx",), default="onnx")
     x.add_argument("--out", help="output file (default: the checkpoint's name with .onnx)")
-    x.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="example input size")
+    x.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="example input size (instance: the fixed size)")
     x.add_argument("--int8", action="store_true", help="also write an int8 (static, QDQ) model calibrated on training images")
     x.add_argument("--calibration-images", type=int, default=16)
 
@@ -242,19 +242,9 @@ def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
-    from seglab.export.onnx import export_onnx
+    from seglab.apps.export import export_checkpoint  # semantic or instance (Mask R-CNN), by the checkpoint's task
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
-    export_onnx(args.checkpoint, out, input_size=args.input_size)  # prints its parity report
-    if args.int8:
-        from seglab.export.quantize import quantize_onnx
-        from seglab.export.quantize import calibration_images
-
-        images = calibration_images(args.checkpoint, extra, args.calibration_images)
-        quantize_onnx(out, out.with_name(out.stem + "_int8.onnx"), images)  # prints its agreement with fp32
-    else:
-        _no_extra(extra)
-    return 0
+    return export_checkpoint(args, extra)
 
 
 def _cmd_benchmark(args: argparse.Namespace, extra: list[str]) -> int:

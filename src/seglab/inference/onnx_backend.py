@@ -65,6 +65,9 @@ class OnnxSegmenter(Predictor):
 
         self.path = Path(path)
         meta = read_onnx_metadata(self.path)
+        if meta.get("task", "semantic") != "semantic":
+            raise SeglabError(f"{str(self.path)!r} holds an instance (Mask R-CNN) model, not label maps: load it with "
+                              "seglab.inference.instance_onnx.OnnxInstanceSegmenter.")
         try:
             self.session = ort.InferenceSession(str(self.path), _session_options(threads),
                                                 providers=list(providers or ["CPUExecutionProvider"]))

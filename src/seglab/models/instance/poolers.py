@@ -51,7 +51,9 @@ class MultiScaleRoIPool(MultiScaleRoIAlign):
             return _roi_pool(features[0], rois, self.output_size, self.scales[0])
         levels = self.map_levels(boxes)
         first = features[0]
-        result = torch.zeros((len(rois), first.shape[1], *self.output_size), dtype=first.dtype, device=first.device)
+        # rois.shape[0], not len(rois): an ONNX trace keeps the former dynamic, the latter becomes a constant.
+        result = torch.zeros((rois.shape[0], first.shape[1], *self.output_size), dtype=first.dtype,
+                             device=first.device)
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             index = torch.where(levels == level)[0]
             pooled = _roi_pool(feature, rois[index], self.output_size, scale)

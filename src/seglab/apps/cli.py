@@ -25,12 +25,9 @@ def _add_tta_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="seglab",
-        description="Image segmentation centred on SegNet: train, evaluate, predict.",
-        epilog="Start here: seglab quickstart",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = argparse.ArgumentParser(prog="seglab", description="Image segmentation centred on SegNet: train, evaluate, "
+                                "predict.", epilog="Start here: seglab quickstart",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help_: str, example: str) -> argparse.ArgumentParser:
@@ -154,9 +151,10 @@ def _parser() -> argparse.ArgumentParser:
     add_serve_arguments(add("serve", "Serve a model over HTTP: a web page at /, POST /v1/segment, health, metrics, /docs.",
                             "seglab serve unet.isbi2012 --port 8000\n  seglab serve best.pt --host 0.0.0.0 --api-key KEY"))
 
-    q = add("quickstart", "Train SegNet-Basic on built-in synthetic road scenes, evaluate it and draw overlays.",
-            "seglab quickstart --out-dir runs")
+    q = add("quickstart", "Train SegNet-Basic (--task instance: a CPU Mask R-CNN) on built-in synthetic road scenes, "
+            "evaluate it and draw overlays.", "seglab quickstart --out-dir runs\n  seglab quickstart --task instance")
     q.add_argument("--out-dir", default="runs")
+    q.add_argument("--task", choices=("semantic", "instance"), default="semantic", help="what the model predicts")
     q.add_argument("--epochs", type=int, help="override the number of epochs")
     return p
 
@@ -322,7 +320,7 @@ def _cmd_weights(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_quickstart(args: argparse.Namespace, extra: list[str]) -> int:
     from seglab.apps.quickstart import run_quickstart
 
-    run_quickstart(args.out_dir, extra, epochs=args.epochs)
+    run_quickstart(args.out_dir, extra, epochs=args.epochs, task=args.task)
     return 0
 
 

@@ -3,7 +3,8 @@
 Trains on the built-in synthetic road scenes (generated procedurally, nothing is
 downloaded), evaluates on their validation split, and writes the run folder:
 ``config.yaml``, ``metrics.jsonl``, ``metrics.json``, ``best.pt``, ``last.pt`` and
-``overlays/*.png``.
+``overlays/*.png``. ``task="instance"`` (``seglab quickstart --task instance``) runs
+:mod:`seglab.apps.instance_quickstart` instead: a CPU Mask R-CNN on the synthetic instances.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from seglab.core.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig, apply_overrides
+from seglab.core.errors import SeglabError
 from seglab.data import build_dataset
 from seglab.engine.trainer import TrainResult, train
 from seglab.inference.predictor import Segmenter
@@ -37,8 +39,14 @@ def quickstart_config(out_dir: str = "runs") -> Config:
 
 
 def run_quickstart(out_dir: str = "runs", overrides: list[str] | None = None, epochs: int | None = None,
-                   num_overlays: int = 4) -> TrainResult:
+                   num_overlays: int = 4, task: str = "semantic") -> TrainResult:
     """Train, evaluate and draw; returns the :class:`TrainResult` (its ``run_dir`` holds everything)."""
+    if task == "instance":
+        from seglab.apps.instance_quickstart import run_instance_quickstart
+
+        return run_instance_quickstart(out_dir, overrides, epochs, num_overlays)
+    if task != "semantic":
+        raise SeglabError(f"seglab quickstart trains task semantic or instance, not {task!r}.")
     cfg = quickstart_config(out_dir)
     if epochs is not None:
         cfg.train.epochs = epochs

@@ -68,6 +68,17 @@ def _present_values(mask: np.ndarray) -> np.ndarray:
     return np.unique(mask)
 
 
+def _looks_like_instance_ids(mask: np.ndarray, values: np.ndarray, num_classes: int) -> bool:
+    """A 16- or 32-bit PNG (as :func:`read_mask` gives them), or values 0, 1, ..., N with no gap and N past
+    the classes: object ids. Class maps rarely number their values without a gap beyond ``num_classes``;
+    id PNGs do (one per object).
+    """
+    if mask.dtype in (np.uint16, np.int32):
+        return True
+    nonzero = values[values != 0]
+    return nonzero.size >= 3 and nonzero[0] == 1 and nonzero[-1] == nonzero.size and nonzero[-1] >= num_classes
+
+
 def validate_mask_values(mask: np.ndarray, num_classes: int, ignore_index: int, path: str | Path) -> None:
     """Raise a :class:`SeglabError` when ``mask`` has values outside ``[0, C)`` other than ``ignore_index``."""
     if mask.size == 0 or (mask.min() >= 0 and mask.max() < num_classes):
@@ -80,6 +91,13 @@ def validate_mask_values(mask: np.ndarray, num_classes: int, ignore_index: int, 
         hint = (
             "It looks like a 0/255 binary mask; map 255 to class 1 (e.g. np.where(mask == 255, 1, 0)) "
             "and use --data.num_classes 2, or set --data.ignore_index 255 if 255 means void."
+        )
+    elif _looks_like_instance_ids(mask, values, num_classes):
+        kind = "a 16-bit PNG" if mask.dtype == np.uint16 else "a 32-bit PNG" if mask.dtype == np.int32 else "ids 1, 2, ..."
+        hint = (
+            f"It looks like an instance-id PNG ({kind}; {int((values != 0).sum())} nonzero values, one per object), "
+            "not class ids. For instance segmentation put it in instances/ and use --data.dataset instance_folder "
+            f"with task: instance; if these are real classes set --data.num_classes {int(bad.max()) + 1} (or more)."
         )
     else:
         hint = (

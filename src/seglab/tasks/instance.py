@@ -124,9 +124,9 @@ class InstanceTask:
     def prepare_batch(self, item: Any, device: torch.device, channels_last: bool = False) -> InstanceBatch:
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], (list, tuple))
                 and all(isinstance(t, dict) for t in item[1])):
-            raise SeglabError("task: instance needs an instance data set (isbi2012_cells, synthetic_instances, coco) "
-                              "whose batches are (images, target dicts); this data set gives label maps. Set "
-                              "--data.dataset to an instance data set, or use task: semantic.")
+            raise SeglabError("task: instance needs an instance data set (isbi2012_cells, synthetic_instances, coco, "
+                              "instance_folder) whose batches are (images, target dicts); this data set gives label "
+                              "maps. Set --data.dataset to an instance data set, or use task: semantic.")
         images, targets = item
         return InstanceBatch([im.to(device, non_blocking=True) for im in images],
                              [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets])

@@ -2,7 +2,8 @@
 
 Data sets (``data.dataset`` in a recipe with ``task: instance``): ``isbi2012_cells`` (ISBI 2012,
 each 4-connected cell its own instance), ``synthetic_instances`` (the road scenes, every pole and
-car its own id) and ``coco`` (a COCO-format folder). :func:`instance_dataset_info` and
+car its own id), ``coco`` (a COCO-format folder) and ``instance_folder`` (instance-id PNGs in the
+generic folder layout, :mod:`seglab.data.instance.folder`). :func:`instance_dataset_info` and
 :func:`build_instance_dataset` are what :func:`seglab.data.build_dataset` calls for them.
 """
 
@@ -13,13 +14,14 @@ from seglab.core.errors import SeglabError, did_you_mean
 from seglab.data.base import DatasetInfo
 from seglab.data.instance.base import InstanceDataset, build_instance_transforms, collate_instances, make_target, masks_to_boxes
 from seglab.data.instance.coco import CocoInstances, coco_annotation_file, read_coco_index
+from seglab.data.instance.folder import InstanceFolder, instance_folder_info, instance_folder_samples
 from seglab.data.instance.sources import ISBICells, SyntheticInstances, isbi_cells_info, synthetic_instances_info
 
-__all__ = ["INSTANCE_DATASETS", "CocoInstances", "ISBICells", "InstanceDataset", "SyntheticInstances",
+__all__ = ["INSTANCE_DATASETS", "CocoInstances", "ISBICells", "InstanceDataset", "InstanceFolder", "SyntheticInstances",
            "build_instance_dataset", "build_instance_transforms", "collate_instances", "instance_dataset_info",
            "make_target", "masks_to_boxes"]
 
-INSTANCE_DATASETS = ("isbi2012_cells", "synthetic_instances", "coco")
+INSTANCE_DATASETS = ("isbi2012_cells", "synthetic_instances", "coco", "instance_folder")
 
 
 def _default_palette(n: int) -> list[tuple[int, int, int]]:
@@ -29,6 +31,11 @@ def _default_palette(n: int) -> list[tuple[int, int, int]]:
 def instance_dataset_info(cfg: DataConfig) -> DatasetInfo:
     """Classes (background first) of an instance data set; ``coco`` reads its training categories."""
     kind = str(cfg.dataset).lower()
+    if kind == "instance_folder":
+        if cfg.rgb_masks:
+            raise SeglabError("--data.rgb_masks applies to semantic folder data sets; an instance folder's class PNGs "
+                              "in masks/ are single-channel class ids. Drop --data.rgb_masks or convert the masks.")
+        return instance_folder_info(cfg.num_classes, cfg.class_names, cfg.palette, cfg.ignore_index, _default_palette)
     if kind == "isbi2012_cells":
         return isbi_cells_info()
     if kind == "synthetic_instances":
@@ -57,6 +64,10 @@ def build_instance_dataset(cfg: DataConfig, split: str, train: bool) -> Instance
         count = min(count, cfg.limit) if cfg.limit else count
         return SyntheticInstances(count, seed=cfg.synthetic_seed, stream=stream, size=cfg.synthetic_size,
                                   transform=transform, split=split)
+    if kind == "instance_folder":
+        samples = instance_folder_samples(cfg.root, split, cfg.train_split)
+        return InstanceFolder(samples[: cfg.limit] if cfg.limit else samples, instance_dataset_info(cfg),
+                              transform=transform, split=split)
     index = read_coco_index(coco_annotation_file(cfg.root, split))
     info = instance_dataset_info(cfg)
     if index.class_names != info.class_names:

@@ -104,7 +104,7 @@ class InstanceDataset(Dataset):
         info: Classes including the background at 0.
         transform: From :func:`build_instance_transforms` (None: tensors only).
         split: Split name.
-        kind: Data set name (``isbi2012_cells``, ``synthetic_instances``, ``coco``).
+        kind: Data set name (``isbi2012_cells``, ``synthetic_instances``, ``coco``, ``instance_folder``).
     """
 
     collate_fn = staticmethod(collate_instances)

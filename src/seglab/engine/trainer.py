@@ -240,7 +240,7 @@ class Trainer:
                 self.step_in_epoch, self.epoch_loss_sum = 0, 0.0
                 record["epoch"] = self.epoch
                 if self.val_loader is not None and (self.epoch % t.val_every == 0 or self.epoch == t.epochs):
-                    record.update(self._validate())
+                    record.update(self._loader_call(lambda _: self._validate(), None) or {})
                 history.append(record)
                 self.save("last.pt")
                 if self.logger is not None:  # after the checkpoint: a crash between the two never logs twice
@@ -271,9 +271,9 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
                    disable=None if t.progress and self.dist.is_main else True, dynamic_ncols=True, mininterval=1.0, leave=False)
         seen, done, start = 0, 0, time.perf_counter()
-        batches = iter(self.train_loader)
+        batches = self._loader_call(iter, self.train_loader)
         for _ in range(steps_left):
-            item = self._next_item(batches)
+            item = None if batches is None else self._loader_call(next, batches)
             if self._agree_to_stop():  # before the step, so a rank without a batch never enters it
                 break
             batch = self.task.prepare_batch(item, self.device, t.channels_last)
@@ -293,11 +293,16 @@ class Trainer:
                 "train_loss": self.epoch_loss_sum / max(1, self.step_in_epoch), **self.task.epoch_log(),
                 "train_images_per_s": seen / elapsed if elapsed > 0 else 0.0, "epoch_seconds": elapsed}
 
-    def _next_item(self, batches: Any) -> Any:
-        """The next loader item, or None when a stop was requested and the workers are gone with it."""
+    def _loader_call(self, call: Any, arg: Any) -> Any:
+        """``call(arg)`` on the loader (``iter`` starts an epoch, ``next`` takes a batch), or None when a
+        stop was requested and the workers are gone with it.
+
+        A SIGTERM sent to the process group ends the workers too; with persistent workers the loader
+        may notice at the start of the next epoch (``iter``) as well as at a batch (``next``).
+        """
         try:
-            return next(batches)
-        except (RuntimeError, OSError, EOFError):  # the workers died of a SIGTERM sent to the process group
+            return call(arg)
+        except (RuntimeError, OSError, EOFError):
             if self.stop_requested:
                 return None
             raise

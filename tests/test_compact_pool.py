@@ -63,6 +63,22 @@ def test_pool_and_unpool_match_torch_exactly(kind: str, shape: tuple[int, ...]) 
     assert _same(unpool_from_codes(pooled, pack_codes(codes), size, packed=True), reference)
 
 
+@pytest.mark.parametrize("shape", [s for s in SHAPES if len(s) == 4], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_exported_4d_formulation_matches_torch_exactly(kind: str, shape: tuple[int, ...], monkeypatch) -> None:
+    """While exporting, pool and unpool switch to 4-D ops (OpenVINO's int8 graph needs it): same results."""
+    from seglab.models.layers import compact_pool
+
+    monkeypatch.setattr(compact_pool, "_shapes_symbolic", lambda: True)
+    x = _make(kind, shape)
+    ref_pooled, ref_indices = REFERENCE_POOL(x)
+    pooled, codes = pool_with_codes(x)
+    assert codes.dtype == torch.uint8 and _same(pooled, ref_pooled)
+    assert torch.equal(codes, _codes_from_indices(ref_indices, shape[-1]))
+    reference = F.max_unpool2d(ref_pooled, ref_indices, 2, 2, output_size=shape[-2:])
+    assert _same(unpool_from_codes(pooled, codes, shape[-2:]), reference)
+
+
 def test_by_hand_ties_pick_first_in_scan_order() -> None:
     x = torch.tensor([[[[1.0, 5.0, 2.0], [5.0, 0.0, 2.0], [7.0, 7.0, 3.0]]]])
     pooled, codes = pool_with_codes(x)

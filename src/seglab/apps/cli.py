@@ -55,9 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--mc-samples", type=int, default=0,
                    help="Monte-Carlo dropout samples (Bayesian models): also reports calibration (ECE)")
     e.add_argument("--onnx", metavar="FILE",
-                   help="score this exported .onnx file (e.g. the int8 one from `seglab export --int8`) in "
-                        "onnxruntime instead of the checkpoint's PyTorch weights; the checkpoint still supplies "
-                        "the data set, classes and resolution")
+                   help="score this exported .onnx file (e.g. the int8 one from `seglab export --int8`, or the "
+                        ".xml of --quantizer nncf) in onnxruntime or OpenVINO instead of the checkpoint's PyTorch "
+                        "weights; the checkpoint still supplies the data set, classes and resolution")
+    _add_exported_arguments(e, ("onnxruntime", "openvino"), "the runtime for --onnx (default: openvino for .xml)")
     _add_tta_arguments(e)
 
     pr = add("predict", "Predict images, folders or globs to label, colour and overlay PNGs.",
@@ -68,8 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask")
     pr.add_argument("--device", default="auto")
-    pr.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                    help="onnxruntime takes a .onnx file written by `seglab export` instead of a checkpoint")
+    _add_exported_arguments(pr, ("torch", "onnxruntime", "openvino"),
+                            "onnxruntime and openvino take a file written by `seglab export` (.onnx, or the "
+                            "OpenVINO .xml of --quantizer nncf) instead of a checkpoint (default: torch, or "
+                            "the file's runtime)")
     pr.add_argument("--no-fast", action="store_true", help="plain eager model instead of the inference fast path")
     pr.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"),
                     help="overlap-tile inference with mirror padding (automatic for unet_valid)")
@@ -90,7 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=("onnx",), default="onnx")
     x.add_argument("--out", help="output file (default: the checkpoint's name with .onnx)")
     x.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="example input size (instance: the fixed size)")
-    x.add_argument("--int8", action="store_true", help="also write an int8 (static, QDQ) model calibrated on training images")
+    x.add_argument("--int8", action="store_true", help="also write an int8 model calibrated on training images")
+    x.add_argument("--quantizer", choices=("onnxruntime", "nncf"), default="onnxruntime",
+                   help="--int8 by onnxruntime (static QDQ, NAME_int8.onnx) or NNCF (OpenVINO IR, NAME_int8.xml)")
     x.add_argument("--calibration-images", type=int, default=16)
 
     b = add("benchmark", "Time models and execution paths in one run (latency, images/s, GFLOP/s, memory).",
@@ -171,6 +176,12 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _add_exported_arguments(parser: argparse.ArgumentParser, backends: tuple[str, ...], help: str) -> None:
+    parser.add_argument("--backend", choices=backends, help=help)
+    parser.add_argument("--precision", choices=("auto", "f32", "bf16"), default="auto",
+                        help="OpenVINO's float precision (auto: bf16 where the CPU has it natively, else f32)")
+
+
 def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from seglab.apps.evaluate import evaluate_checkpoint
     from seglab.core.atomic import atomic_write_text
@@ -180,7 +191,8 @@ def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
 
     tta = TTA.from_cli(args.tta, args.tta_scales)
     results = evaluate_checkpoint(args.checkpoint, extra, args.split, args.batch_size, not args.no_bf, args.device,
-                                  mc_samples=args.mc_samples, onnx=args.onnx, tta=tta, bf_protocol=args.bf_protocol)
+                                  mc_samples=args.mc_samples, onnx=args.onnx, tta=tta, bf_protocol=args.bf_protocol,
+                                  backend=args.backend, precision=args.precision)
     print(format_metrics_table(results, results["class_names"]))
     if tta is not None:
         print(f"Test-time augmentation: {tta.views} views (scales {', '.join(f'{s:g}' for s in tta.scales)}"
@@ -211,14 +223,17 @@ def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     if tta is not None and args.mc_samples:
         raise SeglabError("--tta and --mc-samples cannot be combined: choose one.")
     video = args.video or any(is_video(item) for item in args.inputs)
-    if args.backend == "onnxruntime":
+    from seglab.inference.exported import is_exported_file, load_exported
+
+    if args.backend != "torch" and (args.backend or is_exported_file(args.checkpoint)):
         if args.mc_samples or tta is not None or args.task == "instance" or args.score_threshold is not None:
             raise SeglabError("--mc-samples, --tta, --task instance and --score-threshold need the torch backend: "
                               "predict from the checkpoint (or score an ONNX file with `seglab evaluate CKPT --onnx FILE`).")
-        from seglab.inference.onnx_backend import OnnxSegmenter
-
-        seg = OnnxSegmenter(args.checkpoint, tile=args.tile, tile_overlap=args.tile_overlap)
+        seg = load_exported(args.checkpoint, args.backend, precision=args.precision, tile=args.tile,
+                            tile_overlap=args.tile_overlap)
     else:
+        if args.precision != "auto":
+            raise SeglabError("--precision sets OpenVINO's precision: add --backend openvino with an exported file.")
         seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile,
                                         tile_overlap=args.tile_overlap, fast=not args.no_fast, tta=tta, task=args.task,
                                         score_threshold=args.score_threshold)

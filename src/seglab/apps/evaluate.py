@@ -13,6 +13,7 @@ from seglab.core.runtime import resolve_amp, select_device
 from seglab.data import build_dataset, dataset_info
 from seglab.engine.evaluate import evaluate_model
 from seglab.engine.loader import build_eval_loader
+from seglab.inference.exported import load_exported
 from seglab.inference.onnx_backend import OnnxSegmenter
 from seglab.ops.tta import TTA, as_tta
 from seglab.tasks.checkpoint import check_compatible, checkpoint_config, model_from_checkpoint, read_checkpoint
@@ -25,11 +26,12 @@ __all__ = ["evaluate_checkpoint"]
 def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: str = "val", batch_size: int = 2,
                         compute_bf: bool = True, device: str = "auto", mc_samples: int = 0,
                         onnx: str | None = None, tta: TTA | bool | str | None = None,
-                        bf_protocol: str | None = None) -> dict:
+                        bf_protocol: str | None = None, backend: str | None = None, precision: str = "auto") -> dict:
     """Score a checkpoint on a split of its own data set (``overrides`` may point ``--data.root`` elsewhere).
 
-    With ``onnx`` (a file exported from this checkpoint, fp32 or int8) onnxruntime computes the
-    logits instead of PyTorch, through the same resizing and scoring, so the two are comparable.
+    With ``onnx`` (a file exported from this checkpoint, fp32 or int8; ``.onnx`` or OpenVINO ``.xml``)
+    onnxruntime or OpenVINO (``backend``, ``precision``: :func:`seglab.inference.exported.load_exported`)
+    computes the logits instead of PyTorch, through the same resizing and scoring, so the two are comparable.
     ``tta`` (a :class:`seglab.ops.tta.TTA`, True for the default one, or a scale string such as
     ``"0.75,1,1.25"``) averages flipped and rescaled views (:func:`seglab.ops.tta.tta_forward`).
 
@@ -45,6 +47,9 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: st
         raise SeglabError("--tta and --mc-samples cannot be combined: test-time augmentation averages flipped and "
                           "rescaled views of a deterministic model; choose one.")
     _refuse_inapplicable(overrides or [])
+    if onnx is None and (backend is not None or precision != "auto"):
+        raise SeglabError("--backend and --precision choose the runtime of an exported model: add --onnx FILE "
+                          "(from `seglab export`), or drop them to score the checkpoint in PyTorch.")
     ckpt = read_checkpoint(path)
     meta = ckpt.meta
     cfg = apply_overrides(checkpoint_config(ckpt), overrides or [])
@@ -60,7 +65,8 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: st
     if onnx is not None:
         if mc_samples:
             raise SeglabError("--mc-samples needs the PyTorch model: an exported ONNX graph has no dropout sampling.")
-        model, dev = _OnnxModule(onnx, meta.model_name, info.num_classes), torch.device("cpu")
+        model = _OnnxModule(load_exported(onnx, backend, precision=precision), meta.model_name, info.num_classes)
+        dev = torch.device("cpu")
         infer_size = model.segmenter.infer_size
         if tta is not None and tta.scales != (1.0,) and not model.segmenter.metadata.get("dynamic_hw", True):
             raise SeglabError(f"{onnx!r} was exported for {infer_size} inputs only, so --tta can flip but not "
@@ -111,13 +117,14 @@ def _evaluate_instances(ckpt, path: str, cfg, info, split: str, batch_size: int,
 
 
 class _OnnxModule(nn.Module):
-    """An onnxruntime session behind the ``nn.Module`` call that :func:`evaluate_model` makes."""
+    """An exported model's runtime (onnxruntime or OpenVINO) behind the ``nn.Module`` call that
+    :func:`evaluate_model` makes."""
 
-    def __init__(self, path: str, model_name: str, num_classes: int) -> None:
+    def __init__(self, segmenter: OnnxSegmenter, model_name: str, num_classes: int) -> None:
         super().__init__()
-        self.segmenter = OnnxSegmenter(path)
-        if (self.segmenter.model_name, self.segmenter.num_classes) != (model_name, num_classes):
-            raise SeglabError(f"{path!r} holds {self.segmenter.model_name!r} with {self.segmenter.num_classes} classes, "
+        self.segmenter = segmenter
+        if (segmenter.model_name, segmenter.num_classes) != (model_name, num_classes):
+            raise SeglabError(f"{str(segmenter.path)!r} holds {self.segmenter.model_name!r} with {self.segmenter.num_classes} classes, "
                               f"but the checkpoint is {model_name!r} with {num_classes}: export this checkpoint with "
                               "`seglab export` and pass that file.")
 

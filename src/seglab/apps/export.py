@@ -1,7 +1,7 @@
 """``seglab export``: a checkpoint to ONNX, by its task.
 
 Semantic checkpoints go through :func:`seglab.export.onnx.export_onnx` (dynamic size; ``--int8``
-adds a calibrated int8 copy), instance (Mask R-CNN) checkpoints through
+adds a calibrated int8 copy: onnxruntime QDQ ``.onnx``, or with ``--quantizer nncf`` an OpenVINO IR), instance (Mask R-CNN) checkpoints through
 :func:`seglab.export.instance_onnx.export_instance_onnx` (one fixed input size, no int8).
 """
 
@@ -33,10 +33,13 @@ def export_checkpoint(args: argparse.Namespace, extra: list[str]) -> int:
 
     export_onnx(args.checkpoint, out, input_size=args.input_size)  # prints its parity report
     if args.int8:
-        from seglab.export.quantize import calibration_images, quantize_onnx
+        from seglab.export.quantize import calibration_images, quantize_onnx, quantize_openvino
 
         images = calibration_images(args.checkpoint, extra, args.calibration_images)
-        quantize_onnx(out, out.with_name(out.stem + "_int8.onnx"), images)  # prints its agreement with fp32
+        if args.quantizer == "nncf":  # an OpenVINO IR
+            quantize_openvino(out, out.with_name(out.stem + "_int8.xml"), images)
+        else:
+            quantize_onnx(out, out.with_name(out.stem + "_int8.onnx"), images)  # prints its agreement with fp32
     else:
         _no_extra(extra)
     return 0

@@ -39,6 +39,8 @@ class OnnxInstanceSegmenter(Predictor):
         providers: onnxruntime execution providers; default CPU.
     """
 
+    backend = "onnxruntime"
+
     task = "instance"
 
     def __init__(self, path: str | Path, score_threshold: float | None = None, mask_threshold: float | None = None,

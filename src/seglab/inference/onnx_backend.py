@@ -59,20 +59,16 @@ class OnnxSegmenter(Predictor):
         tile_overlap: Pixels shared by neighbouring tiles.
     """
 
+    backend = "onnxruntime"
+
     def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
                  tile: Sequence[int] | None = None, tile_overlap: int = 32) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
-        meta = read_onnx_metadata(self.path)
+        meta = self._read_metadata()
         if meta.get("task", "semantic") != "semantic":
             raise SeglabError(f"{str(self.path)!r} holds an instance (Mask R-CNN) model, not label maps: load it with "
                               "seglab.inference.instance_onnx.OnnxInstanceSegmenter.")
-        try:
-            self.session = ort.InferenceSession(str(self.path), _session_options(threads),
-                                                providers=list(providers or ["CPUExecutionProvider"]))
-        except Exception as e:  # onnxruntime's own exception types
-            raise SeglabError(f"onnxruntime cannot load {str(self.path)!r}: {e}") from e
+        self._open_runtime(threads, providers)
         self.metadata = meta
         self.model_name: str = meta["model_name"]
         self.num_classes: int = int(meta["num_classes"])
@@ -90,6 +86,20 @@ class OnnxSegmenter(Predictor):
             raise SeglabError(f"{str(self.path)!r} was exported for {meta.get('export_size')} inputs only; use that "
                               "tile size or re-export with dynamic height/width.")
         self.tile_overlap = tile_overlap
+
+    def _read_metadata(self) -> dict[str, Any]:
+        """The seglab metadata of :attr:`path` (classes, palette, normalisation, sizes)."""
+        return read_onnx_metadata(self.path)
+
+    def _open_runtime(self, threads: int | None, providers: Sequence[str] | None) -> None:
+        """Load :attr:`path` into the runtime that :meth:`run` uses (an onnxruntime session here)."""
+        import onnxruntime as ort
+
+        try:
+            self.session = ort.InferenceSession(str(self.path), _session_options(threads),
+                                                providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as e:  # onnxruntime's own exception types
+            raise SeglabError(f"onnxruntime cannot load {str(self.path)!r}: {e}") from e
         self.input_name = self.session.get_inputs()[0].name
 
     @classmethod

@@ -57,7 +57,7 @@ def model_info(segmenter: Any, extra: dict[str, Any] | None = None) -> dict[str,
     else:
         extra = {"formats": ["json", "labels", "color", "overlay"], **(extra or {})}
     return {"task": getattr(segmenter, "task", "semantic"), "name": segmenter.model_name, "seglab_version": __version__,
-            "backend": "onnxruntime" if hasattr(segmenter, "session") else "torch",
+            "backend": getattr(segmenter, "backend", "torch"),
             "num_classes": segmenter.num_classes,
             "classes": [{"id": i, "name": n, "color": list(segmenter.palette[i]) if i < len(segmenter.palette)
                          else [0, 0, 0]} for i, n in enumerate(segmenter.class_names)],

@@ -159,6 +159,12 @@ def test_coco_degenerate_instances_are_dropped_and_counted(tmp_path: Path, caplo
      "category_id 4, which is not in 'categories'"),
     ({"annotations": lambda a: a + [{"id": 5, "image_id": 1, "category_id": 3, "segmentation": [[1, 1, 5, 5]]}]},
      "polygon with 2 point"),
+    ({"annotations": lambda a: a + [{"id": 5, "image_id": 1, "category_id": 3, "segmentation": [1, 1, 5, 5, 1, 5]}]},
+     "annotation 5 has a flat 'segmentation' list.*wrap it"),
+    ({"annotations": lambda a: a + [{"id": 5, "image_id": 1, "category_id": 3,
+                                     "segmentation": [[1, 1, 5, 5, 1, 5, 2]]}]},
+     "odd number \\(7\\) of coordinates"),
+    ({"annotations": lambda a: a + [{"id": 5, "image_id": 1, "category_id": 3}]}, "annotation 5 has no 'segmentation'"),
 ])
 def test_coco_bad_annotations_are_clear_errors(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(SeglabError, match=message) as e:

@@ -100,18 +100,22 @@ def test_agrees_with_pycocotools_on_files(tmp_path: Path) -> None:
     (tmp_path / "gt.json").write_text(json.dumps({"images": images, "annotations": gts,
                                                   "categories": [{"id": 1}, {"id": 2}]}))
     (tmp_path / "dt.json").write_text(json.dumps(dts))
+    stats = {}
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(tmp_path / "gt.json"))
-        evaluator = COCOeval(coco, coco.loadRes(str(tmp_path / "dt.json")), "segm")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
+        for iou_type in ("segm", "bbox"):  # loadRes derives each detection's bbox from its mask
+            evaluator = COCOeval(coco, coco.loadRes(str(tmp_path / "dt.json")), iou_type)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+            stats[iou_type] = evaluator.stats
     m = InstanceMetrics()
     m.update(preds, targets)
     r = m.compute()
-    assert r["mask_ap"] == pytest.approx(evaluator.stats[0])
-    assert r["mask_ap50"] == pytest.approx(evaluator.stats[1])
-    assert r["mask_ap75"] == pytest.approx(evaluator.stats[2])
+    assert r["mask_ap"] == pytest.approx(stats["segm"][0])
+    assert r["mask_ap50"] == pytest.approx(stats["segm"][1])
+    assert r["mask_ap75"] == pytest.approx(stats["segm"][2])
+    assert r["box_ap"] == pytest.approx(stats["bbox"][0]) and r["box_ap50"] == pytest.approx(stats["bbox"][1])
     assert 0 < r["mask_ap"] < 1 and 0.5 <= r["mask_iou"] <= 1
 
 

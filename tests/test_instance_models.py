@@ -6,12 +6,14 @@ Instance models are routed here from the shared semantic contract test in tests/
 
 from __future__ import annotations
 
+import socket
 import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+import torchvision.models._api
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from seglab.core.errors import SeglabError
@@ -26,6 +28,11 @@ def _params(model: torch.nn.Module) -> int:
 
 
 def test_instance_models_are_registered_and_routed() -> None:
+    import seglab
+    import seglab.metrics
+
+    # The public names other code relies on.
+    assert seglab.create_model is create_model and seglab.metrics.InstanceMetrics.__name__ == "InstanceMetrics"
     assert list_models(task="instance") == INSTANCE_MODELS
     assert set(list_models()) == set(list_models(task="semantic")) | set(INSTANCE_MODELS)
     assert all(model_task(n) == "instance" for n in INSTANCE_MODELS) and model_task("segnet") == "semantic"
@@ -55,6 +62,12 @@ def test_building_never_touches_the_network(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    # torchvision imports load_state_dict_from_url by name and torch.hub imports urlopen by name, and a
+    # cached file needs no download at all: refuse every connection and every hub download path too.
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "urlopen", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: refuse(address))
     with torch.device("meta"):
         for name in INSTANCE_MODELS:
             for pooler in ("align", "pool"):
@@ -141,3 +154,43 @@ def test_backbone_weights_load_from_a_file_and_freeze_like_torchvision(tmp_path:
     assert body.layer2[0].conv1.weight.requires_grad
     with pytest.raises(SeglabError, match="weights_backbone"):
         create_model("mask_rcnn_resnet18_fpn", num_classes=2, weights_backbone=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("name", ["mask_rcnn_resnet50_fpn", "mask_rcnn_resnet50_fpn_v2"])
+def test_coco_weights_load_by_name_from_torchvision(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """weights="COCO_V1" resolves to torchvision's COCO file through the weights module (no download here)."""
+    from seglab.models import weights as weights_module
+
+    asked: list[str] = []
+
+    def record(url: str, **kwargs) -> Path:
+        asked.append(url)
+        raise SeglabError("stop before downloading")
+
+    monkeypatch.setattr(weights_module, "cached_download", record)
+    enum = {"mask_rcnn_resnet50_fpn": torchvision.models.detection.MaskRCNN_ResNet50_FPN_Weights,
+            "mask_rcnn_resnet50_fpn_v2": torchvision.models.detection.MaskRCNN_ResNet50_FPN_V2_Weights}[name]
+    with torch.device("meta"), pytest.raises(SeglabError, match="stop before downloading"):
+        create_model(name, num_classes=91, weights="COCO_V1")
+    assert asked == [enum.COCO_V1.url]
+
+
+def test_imagenet_backbone_loads_by_name_through_the_weights_module(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """weights_backbone="imagenet" names torchvision's ResNet-18 file; a random state dict stands in for it."""
+    from seglab.models import weights as weights_module
+
+    torch.manual_seed(0)
+    trunk = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(trunk.state_dict(), path)
+    asked: list[str] = []
+
+    def cached(url: str, **kwargs) -> Path:
+        asked.append(url)
+        return path
+
+    monkeypatch.setattr(weights_module, "cached_download", cached)
+    model = create_model("mask_rcnn_resnet18_fpn", num_classes=2, weights_backbone="imagenet")
+    assert asked == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
+    assert torch.equal(model.backbone.body.layer3[0].conv1.weight, trunk.layer3[0].conv1.weight)

@@ -4,6 +4,8 @@ evaluate, and clear errors when task and model or checkpoint disagree."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,10 @@ import torch
 from seglab.apps.evaluate import evaluate_checkpoint
 from seglab.core.config import Config, DataConfig, ModelConfig, TrainConfig
 from seglab.core.errors import SeglabError
+from seglab.engine import TrainingDiverged
 from seglab.engine.trainer import train
 from seglab.tasks import InstanceTask, build_task
-from seglab.tasks.checkpoint import check_compatible, read_checkpoint
+from seglab.tasks.checkpoint import check_compatible, load_checkpoint, read_checkpoint
 from seglab.tasks.instance import render_label_map
 
 
@@ -75,3 +78,36 @@ def test_render_label_map_puts_the_highest_score_on_top() -> None:
     pred = {"scores": torch.tensor([0.9, 0.6]), "labels": torch.tensor([1, 2]), "masks": masks}
     labels = render_label_map(pred, (4, 4))
     assert labels[0].tolist() == [1, 1, 2, 0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_instance_training_stops_on_a_signal_with_a_resumable_checkpoint(tmp_path: Path, sig: int) -> None:
+    def send(trainer) -> None:
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), sig)
+
+    torch.manual_seed(0)
+    result = train(_config(tmp_path, epochs=2), callbacks={"on_step_end": send})
+    assert result.interrupted and load_checkpoint(result.last_checkpoint)["global_step"] == 1
+    resumed = train(_config(tmp_path, epochs=2, resume=str(result.last_checkpoint)))
+    assert not resumed.interrupted and load_checkpoint(resumed.last_checkpoint)["global_step"] == 4
+
+
+def test_instance_training_stops_on_nan(tmp_path: Path) -> None:
+    def poison(trainer) -> None:
+        if trainer.global_step == 1:
+            with torch.no_grad():
+                for p in trainer.model.parameters():
+                    p.fill_(float("nan"))
+
+    torch.manual_seed(0)
+    with pytest.raises(TrainingDiverged, match="training loss became nan"):
+        train(_config(tmp_path, epochs=2), callbacks={"on_step_end": poison})
+
+
+def test_instance_training_under_bf16_autocast_with_progress(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    result = train(_config(tmp_path, amp="bf16", progress=True))
+    record = result.history[-1]
+    assert all(record[f"train_{t}"] == record[f"train_{t}"] for t in ("loss_mask", "loss_classifier"))  # not NaN
+    assert 0.0 <= record["val_mask_ap"] <= 1.0

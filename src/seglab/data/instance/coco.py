@@ -83,10 +83,19 @@ def read_coco_index(path: Path) -> CocoIndex:
         if int(ann["category_id"]) not in label_of:
             raise _fail(path, f"annotation {aid} has category_id {ann['category_id']}, which is not in 'categories' "
                               f"(ids {ids[:10]}). Add the category or fix the annotation.")
-        for poly in ann.get("segmentation", []) if isinstance(ann.get("segmentation"), list) else []:
+        if "segmentation" not in ann:
+            raise _fail(path, f"annotation {aid} has no 'segmentation'; instance masks need polygons "
+                              "[[x1, y1, x2, y2, ...], ...] or an RLE {'size': [h, w], 'counts': ...}.")
+        for poly in ann["segmentation"] if isinstance(ann["segmentation"], list) else []:
+            if not isinstance(poly, list):
+                raise _fail(path, f"annotation {aid} has a flat 'segmentation' list; COCO polygons are a list of "
+                                  "lists, [[x1, y1, x2, y2, x3, y3, ...]]: wrap it in another list.")
             if len(poly) < 6:
                 raise _fail(path, f"annotation {aid} has a polygon with {len(poly) // 2} point(s); a polygon needs at "
                                   "least 3 (x, y) points. Remove it or use an RLE mask.")
+            if len(poly) % 2:
+                raise _fail(path, f"annotation {aid} has a polygon with an odd number ({len(poly)}) of coordinates; "
+                                  "polygons list x, y pairs. Fix the polygon.")
         annotations[int(ann["image_id"])].append(ann)
     return CocoIndex(path, [images[i] for i in sorted(images)], annotations, label_of,
                      ["background", *(names[c] for c in ids)])

@@ -229,8 +229,13 @@ def test_serves_checkpoints_onnx_files_and_weights_names(tmp_path, seg) -> None:
     onnx_file = tmp_path / "model.onnx"
     export_onnx(ckpt, onnx_file, input_size=(32, 48))
     images = [random_image(50), random_image(51)]
-    for source in (ckpt, onnx_file):
-        loaded, info = load_segmenter(str(source))
+    import importlib.util
+
+    backends = [(ckpt, None), (onnx_file, None)]
+    if importlib.util.find_spec("openvino") is not None:
+        backends.append((onnx_file, "openvino"))
+    for source, backend in backends:
+        loaded, info = load_segmenter(str(source), backend=backend, precision="f32" if backend else "auto")
         runner = ModelRunner(loaded)
         batched = runner.run(images)
         assert batched[0].batch_size == 2
@@ -240,8 +245,10 @@ def test_serves_checkpoints_onnx_files_and_weights_names(tmp_path, seg) -> None:
             model = c.get("/v1/models").json()["models"][0]
             r = c.post("/v1/segment?format=labels", content=png(images[0]))
             mc = c.post("/v1/segment?mc_samples=2", content=png(images[0]))
-        assert model["backend"] == ("onnxruntime" if source == onnx_file else "torch")
+        assert model["backend"] == (backend or ("onnxruntime" if source == onnx_file else "torch"))
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), loaded.predict(images[0]))
         _error(mc, 422, "mc_unsupported")  # neither this dropout-free model nor an ONNX graph can sample
+    with pytest.raises(SeglabError, match="runtime of an exported model"):
+        load_segmenter(str(ckpt), backend="openvino")
     _, info = load_segmenter("unet.isbi2012")  # shipped weights by name carry their metadata
     assert info["weights"]["name"] == "unet.isbi2012" and "val_metrics" in info["weights"]

@@ -11,6 +11,10 @@ method) and reports one row per case with the keys in :data:`ROW_KEYS`:
   training rows the forward+backward of one step, counted the same way); ``gflops_per_s`` =
   gflops x images/s; ``peak_pct`` = that as a percentage of the conv peak.
 * ``peak_mem_mb``: resident-memory growth over the calls (CUDA: allocated-memory peak).
+* ``agreement_pct``: pixels whose argmax equals fp32 eager's on the benchmark's input. The weights
+  are random, so logits are close and low-precision paths flip many labels: a check that a path
+  computes the same network, not its accuracy (``benchmarks/backend_accuracy.py`` scores a trained
+  model on CamVid val).
 * ``pool_index_int64_mb`` / ``pool_index_uint8_mb`` / ``pool_index_packed_mb``: memory of the
   max-pool indices SegNet-family models keep for the decoder, as PyTorch's int64 flat indices and
   as SegNet's 2-bit window codes one or four per byte (:mod:`seglab.models.layers.compact_pool`);
@@ -20,7 +24,9 @@ Inference paths: ``eager`` (``model.eval()`` + ``torch.no_grad``), ``fast``
 (:func:`seglab.inference.fastpath.optimize_for_inference` defaults), the variants ``fast_nchw``,
 ``fast_cl``, ``fast_bf16``, ``fast_compile``, ``fast_nomallopt`` (``SEGLAB_NO_MALLOPT=1``), and
 ``onnxruntime`` / ``quantized`` (static int8) when :mod:`seglab.export`,
-:mod:`seglab.inference.onnx_backend` and onnxruntime are available. Training paths (``train_mode=True``):
+:mod:`seglab.inference.onnx_backend` and onnxruntime are available, and ``openvino`` (f32),
+``openvino_bf16`` and ``openvino_int8`` (NNCF int8; :mod:`seglab.inference.openvino_backend`) on the
+same exported file when OpenVINO (and NNCF) are installed. Training paths (``train_mode=True``):
 ``train_eager`` (plain fp32 NCHW SGD step), ``train_engine`` (the trainer's default precision
 and memory format for this device) and ``train_engine_mallopt`` (that plus malloc tuning).
 
@@ -54,17 +60,21 @@ __all__ = ["DEFAULT_MODELS", "INFERENCE_PATHS", "ROW_KEYS", "TRAIN_PATHS", "form
 
 DEFAULT_MODELS: tuple[str, ...] = ("segnet", "segnet_basic", *PEER_MODELS)
 INFERENCE_PATHS: tuple[str, ...] = ("eager", "fast", "fast_nchw", "fast_cl", "fast_bf16", "fast_compile",
-                                    "fast_nomallopt", "onnxruntime", "quantized")
+                                    "fast_nomallopt", "onnxruntime", "quantized", "openvino", "openvino_bf16",
+                                    "openvino_int8")
 TRAIN_PATHS: tuple[str, ...] = ("train_eager", "train_engine", "train_engine_mallopt")
 _INDEX_KEYS: tuple[str, ...] = ("pool_index_format", "pool_index_int64_mb", "pool_index_uint8_mb",
                                 "pool_index_packed_mb")
 ROW_KEYS: tuple[str, ...] = ("model", "mode", "path", "height", "width", "batch", "threads", "device", "status",
                              "median_ms", "min_ms", "images_per_s", "gflops", "gflops_per_s", "peak_pct",
-                             "peak_mem_mb", *_INDEX_KEYS, "note")
+                             "peak_mem_mb", "agreement_pct", *_INDEX_KEYS, "note")
 #: What each ONNX path needs: (module, function) pairs, imported lazily (optional dependencies).
 _ONNX_PATHS: dict[str, tuple[tuple[str, str], ...]] = {
     "onnxruntime": (("seglab.export.onnx", "export_onnx"),),
     "quantized": (("seglab.export.onnx", "export_onnx"), ("seglab.export.quantize", "quantize_onnx")),
+    "openvino": (("seglab.export.onnx", "export_onnx"), ("openvino", "Core")),
+    "openvino_bf16": (("seglab.export.onnx", "export_onnx"), ("openvino", "Core")),
+    "openvino_int8": (("seglab.export.onnx", "export_onnx"), ("openvino", "Core"), ("nncf", "quantize")),
 }
 
 
@@ -114,7 +124,8 @@ def _row(case: dict[str, Any], result: dict[str, Any] | None, peak: float, note:
         ips = case["batch"] / median
         row.update(median_ms=1e3 * median, min_ms=1e3 * min(times), images_per_s=ips, gflops=result["gflops"],
                    gflops_per_s=result["gflops"] * ips, peak_pct=100 * result["gflops"] * ips / peak,
-                   peak_mem_mb=result["peak_mem_mb"], **{k: result[k] or None for k in _INDEX_KEYS})
+                   peak_mem_mb=result["peak_mem_mb"], agreement_pct=result.get("agreement_pct"),
+                   **{k: result[k] or None for k in _INDEX_KEYS})
     return row
 
 
@@ -258,7 +269,8 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("model", "model", "s"), ("mode", "mode", "s"), ("path", "path", "s"), ("size", "size", "s"),
     ("batch", "batch", "d"), ("median_ms", "median ms", ".1f"), ("min_ms", "min ms", ".1f"),
     ("images_per_s", "img/s", ".2f"), ("gflops", "GFLOPs", ".1f"), ("gflops_per_s", "GFLOP/s", ".1f"),
-    ("peak_pct", "% peak", ".0f"), ("peak_mem_mb", "mem MB", ".0f"), ("pool_index_format", "idx fmt", "s"),
+    ("peak_pct", "% peak", ".0f"), ("peak_mem_mb", "mem MB", ".0f"), ("agreement_pct", "agree %", ".2f"),
+    ("pool_index_format", "idx fmt", "s"),
     ("pool_index_int64_mb", "idx i64 MB", ".1f"), ("pool_index_uint8_mb", "idx u8 MB", ".2f"),
     ("pool_index_packed_mb", "idx 2b MB", ".2f"), ("note", "note", "s"),
 )

@@ -178,6 +178,41 @@ def _onnx_fn(case: dict[str, Any], model: nn.Module, x: torch.Tensor, quantized:
     return lambda: session.run(None, feed)
 
 
+def _openvino_fn(case: dict[str, Any], model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    """OpenVINO on the ``seglab export`` file: ``openvino`` (f32), ``openvino_bf16``, and
+    ``openvino_int8`` (NNCF post-training int8, calibrated on 4 synthetic road scenes, bf16 where the
+    CPU has it natively)."""
+    import numpy as np
+
+    from seglab.export.onnx import export_onnx
+    from seglab.inference.openvino_backend import OpenVinoSegmenter
+
+    height, width = x.shape[-2:]
+    onnx_path = Path(case["tmp"]) / f"{case['model']}_{height}x{width}.onnx"
+    if not onnx_path.exists():
+        export_onnx(model.cpu(), onnx_path, input_size=(height, width), metadata={"model_name": case["model"]},
+                    verbose=False)
+    precision = {"openvino": "f32", "openvino_bf16": "bf16", "openvino_int8": "auto"}[case["path"]]
+    if case["path"] == "openvino_int8":
+        from seglab.data.synthetic import render_scene
+        from seglab.export.quantize import quantize_openvino
+
+        rng = np.random.default_rng(0)
+        images = [render_scene(rng, height, width)[0] for _ in range(4)]
+        onnx_path = quantize_openvino(onnx_path, onnx_path.with_name(onnx_path.stem + "_int8.xml"), images,
+                                      verbose=False).path
+    seg = OpenVinoSegmenter(onnx_path, threads=case["threads"], precision=precision)
+    compiled, feed = seg.compiled_for(x.shape), x.cpu().numpy()
+    return lambda: compiled(feed)[0]
+
+
+def _logits(output: Any) -> Any:
+    """A path's output as an ``N x K x H x W`` numpy array (onnxruntime returns a list of outputs)."""
+    if isinstance(output, (list, tuple)):
+        output = output[0]
+    return output.float().cpu().numpy() if isinstance(output, torch.Tensor) else output
+
+
 def _inference_fn(case: dict[str, Any], model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     path, threads = case["path"], case["threads"]
     if path == "eager":
@@ -190,6 +225,8 @@ def _inference_fn(case: dict[str, Any], model: nn.Module, x: torch.Tensor) -> Ca
         return eager
     if path in ("onnxruntime", "quantized"):
         return _onnx_fn(case, model, x, quantized=path == "quantized")
+    if path.startswith("openvino"):
+        return _openvino_fn(case, model, x)
     from seglab.inference.fastpath import optimize_for_inference
 
     options = {"fast": {}, "fast_nomallopt": {}, "fast_nchw": {"channels_last": False},
@@ -250,13 +287,20 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     h, w = runnable_size(model, (case["height"], case["width"]))
     index_stats, gflops = _static_stats(model, (h, w))
     x = torch.randn(batch, 3, h, w, device=device)
+    agreement = None
     if case["mode"] == "train":
         fn = _train_fn(case, model, x)
         gflops = _train_gflops(fn) / batch  # also the first warm-up step
     else:
+        with torch.no_grad():
+            reference = model.eval()(x).float().cpu().numpy()  # before any path changes the model in place
         fn = _inference_fn(case, model, x)
     times, peak_mib = _time_calls(fn, case["warmup"], case["repeats"], device)
-    return {"times_s": times, "peak_mem_mb": peak_mib, "gflops": gflops, "input_hw": [h, w],
+    if case["mode"] != "train":  # after the timed calls, so their memory peak is the path's alone
+        from seglab.inference.onnx_format import compare_logits
+
+        agreement = compare_logits(reference, _logits(fn())).argmax_agreement
+    return {"times_s": times, "peak_mem_mb": peak_mib, "gflops": gflops, "input_hw": [h, w], "agreement_pct": agreement,
             "pool_index_format": index_stats.pop("format"),
             **{f"pool_index_{k}_mb": batch * v / 2**20 for k, v in index_stats.items()}}
 

@@ -11,17 +11,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+from seglab.apps.cli_args import add_exported_arguments, add_tta_arguments
 from seglab.core.errors import SeglabError
 
 __all__ = ["main"]
-
-
-def _add_tta_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: average the class probabilities of the image, its mirror image "
-                             "and rescaled views (default scales 0.75,1,1.25)")
-    parser.add_argument("--tta-scales", metavar="S,S,...",
-                        help="TTA scales relative to the trained size, e.g. 0.75,1,1.25 (implies --tta)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="score this exported .onnx file (e.g. the int8 one from `seglab export --int8`, or the "
                         ".xml of --quantizer nncf) in onnxruntime or OpenVINO instead of the checkpoint's PyTorch "
                         "weights; the checkpoint still supplies the data set, classes and resolution")
-    _add_exported_arguments(e, ("onnxruntime", "openvino"), "the runtime for --onnx (default: openvino for .xml)")
-    _add_tta_arguments(e)
+    add_exported_arguments(e, ("onnxruntime", "openvino"), "the runtime for --onnx (default: openvino for .xml)")
+    add_tta_arguments(e)
 
     pr = add("predict", "Predict images, folders or globs to label, colour and overlay PNGs.",
              "seglab predict runs/camvid/best.pt street.png more_images/ 'shots/*.jpg' --out predictions/")
@@ -69,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colour mask")
     pr.add_argument("--device", default="auto")
-    _add_exported_arguments(pr, ("torch", "onnxruntime", "openvino"),
+    add_exported_arguments(pr, ("torch", "onnxruntime", "openvino"),
                             "onnxruntime and openvino take a file written by `seglab export` (.onnx, or the "
                             "OpenVINO .xml of --quantizer nncf) instead of a checkpoint (default: torch, or "
                             "the file's runtime)")
@@ -79,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--tile-overlap", type=int, default=32)
     pr.add_argument("--mc-samples", type=int, default=0,
                     help="Monte-Carlo dropout samples (Bayesian models): also writes uncertainty heat maps")
-    _add_tta_arguments(pr)
+    add_tta_arguments(pr)
     pr.add_argument("--task", choices=("semantic", "instance"), help="check the checkpoint is of this task")
     pr.add_argument("--score-threshold", type=float, help="instance checkpoints: minimum score (default 0.5)")
     pr.add_argument("--video", action="store_true", help="the inputs are videos (default: by extension, e.g. .mp4)")
@@ -174,12 +167,6 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     if result.main_process:
         print(f"seglab: done. Run folder: {result.run_dir}  (best: {result.best_checkpoint}, last: {result.last_checkpoint})")
     return 0
-
-
-def _add_exported_arguments(parser: argparse.ArgumentParser, backends: tuple[str, ...], help: str) -> None:
-    parser.add_argument("--backend", choices=backends, help=help)
-    parser.add_argument("--precision", choices=("auto", "f32", "bf16"), default="auto",
-                        help="OpenVINO's float precision (auto: bf16 where the CPU has it natively, else f32)")
 
 
 def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
@@ -344,7 +331,8 @@ def _cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     from seglab.apps.serve.settings import ServeSettings
 
     _no_extra(extra)
-    run_server(args.model, ServeSettings.from_args(args), device=args.device, threads=args.threads)
+    run_server(args.model, ServeSettings.from_args(args), device=args.device, threads=args.threads,
+               backend=args.backend, precision=args.precision)
     return 0
 
 

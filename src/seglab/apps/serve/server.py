@@ -11,17 +11,22 @@ from seglab.core.errors import SeglabError
 __all__ = ["load_segmenter", "run_server"]
 
 
-def load_segmenter(model: str, device: str = "auto", threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+def load_segmenter(model: str, device: str = "auto", threads: int | None = None, backend: str | None = None,
+                   precision: str = "auto") -> tuple[Any, dict[str, Any]]:
     """``(predictor, extra model info)`` for a checkpoint path (semantic or instance), an exported ``.onnx``
-    file or trained weights by name (``unet.isbi2012``)."""
-    if model.lower().endswith(".onnx"):
-        from seglab.inference.onnx_backend import OnnxSegmenter
+    file (onnxruntime, or OpenVINO with ``backend="openvino"``), an OpenVINO IR ``.xml`` or trained
+    weights by name (``unet.isbi2012``)."""
+    from seglab.inference.exported import is_exported_file, load_exported
 
+    if is_exported_file(model):
         if not Path(model).is_file():
-            raise SeglabError(f"ONNX file {model!r} does not exist; write one with `seglab export CKPT --out FILE`.")
-        seg = OnnxSegmenter(model, threads=threads)
+            raise SeglabError(f"Exported model {model!r} does not exist; write one with `seglab export CKPT --out FILE`.")
+        seg = load_exported(model, backend, threads=threads, precision=precision)
         return seg, {"source": str(model), "onnx_metadata": {k: v for k, v in seg.metadata.items()
                                                                if k not in ("class_names", "palette")}}
+    if backend is not None or precision != "auto":
+        raise SeglabError("--backend and --precision choose the runtime of an exported model (.onnx or .xml from "
+                          f"`seglab export`); {model!r} is a checkpoint or weights name, served by PyTorch.")
     from seglab.inference.predictor import Segmenter
     from seglab.models.zoo import is_pretrained_name, pretrained_metadata
 
@@ -38,14 +43,14 @@ def load_segmenter(model: str, device: str = "auto", threads: int | None = None)
 
 
 def run_server(model: str, settings: ServeSettings, device: str = "auto", threads: int | None = None,
-               log_level: str = "info") -> None:
+               log_level: str = "info", backend: str | None = None, precision: str = "auto") -> None:
     """Serve ``model`` until interrupted (Ctrl-C)."""
     try:
         import uvicorn
     except ImportError as e:
         raise SeglabError("seglab serve needs FastAPI and uvicorn: pip install 'seglab[serve]'.") from e
     settings.check()  # refuse an unprotected public bind before the model loads
-    seg, extra = load_segmenter(model, device=device, threads=threads)
+    seg, extra = load_segmenter(model, device=device, threads=threads, backend=backend, precision=precision)
     from seglab.apps.serve.app import create_app
 
     app = create_app(seg, settings, extra)

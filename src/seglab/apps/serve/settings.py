@@ -7,6 +7,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, fields
 
+from seglab.apps.cli_args import add_exported_arguments
 from seglab.core.errors import SeglabError
 
 __all__ = ["ServeSettings", "add_serve_arguments", "is_loopback", "API_KEY_ENV"]
@@ -82,7 +83,8 @@ class ServeSettings:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``seglab serve`` (defaults from :class:`ServeSettings`)."""
     d = ServeSettings(api_key="unused")
-    parser.add_argument("model", help="a checkpoint, an exported .onnx file or the name of trained weights")
+    parser.add_argument("model", help="a checkpoint, an exported .onnx (or OpenVINO .xml) file or the name of trained "
+                                      "weights")
     parser.add_argument("--host", default=d.host, help="address to bind (default loopback; others need --api-key)")
     parser.add_argument("--port", type=int, default=d.port)
     parser.add_argument("--api-key", help=f"key clients must send (Bearer or X-API-Key); default ${API_KEY_ENV}")
@@ -100,4 +102,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="instance models: default detection score threshold of requests (default 0.5)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, help="torch / onnxruntime threads (default: all cores)")
+    parser.add_argument("--threads", type=int, help="torch / onnxruntime / OpenVINO threads (default: all cores)")
+    add_exported_arguments(parser, ("onnxruntime", "openvino"),
+                           "runtime of an exported model (default: onnxruntime for .onnx, openvino for .xml)")

@@ -149,3 +149,73 @@ def test_evaluation_shrinks_the_tile_of_small_images_without_changing_the_result
         paper = predict_tiled(model, image, K, (572, 572), valid_model=model.output_size)
     assert shrunk.shape == (1, K, 45, 61)
     torch.testing.assert_close(shrunk, paper, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("tile, overlap", [((32, 24), 8), ((7, 7), 6), ((16, 128), 0)],
+                         ids=["overlap", "overlap-larger-than-stride", "one-row-of-tiles"])
+@pytest.mark.parametrize("classes", [K, 1], ids=["multiclass", "binary"])
+def test_streamed_labels_equal_argmax_of_tiled_logits(tile: tuple[int, int], overlap: int, classes: int) -> None:
+    """predict_tiled_labels holds one band of logits, yet gives exactly the labels of predict_tiled."""
+    from seglab.ops.tiling import predict_tiled_labels
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, classes, 3, padding=1)).eval()
+    image = torch.randn(1, 2, 61, 50)
+    with torch.no_grad():
+        logits = predict_tiled(model, image, classes, tile, overlap=overlap, batch_size=3)
+        labels = predict_tiled_labels(model, image, classes, tile, overlap=overlap, batch_size=3)
+    expected = (logits[:, 0] > 0).long() if classes == 1 else logits.argmax(1)
+    assert labels.shape == (1, 61, 50) and labels.dtype == torch.long
+    assert torch.equal(labels, expected)
+
+
+def test_streamed_labels_of_a_valid_model() -> None:
+    from seglab.ops.tiling import predict_tiled_labels
+
+    torch.manual_seed(0)
+    model = create_model("unet_valid", num_classes=K, in_channels=2, depth=1, base_channels=4).eval()
+    image = torch.randn(1, 2, 50, 37)
+    with torch.no_grad():
+        logits = predict_tiled(model, image, K, (30, 34), valid_model=model.output_size)
+        labels = predict_tiled_labels(model, image, K, (30, 34), valid_model=model.output_size)
+    assert torch.equal(labels, logits.argmax(1))
+
+
+def test_default_tile_batch_is_capped_by_pixels() -> None:
+    from seglab.ops.tiling import TILE_BATCH_PIXELS
+
+    calls: list[int] = []
+
+    def forward(tiles: torch.Tensor) -> torch.Tensor:
+        calls.append(tiles.shape[0])
+        return _pointwise()(tiles)
+
+    image = torch.randn(1, 2, 40, 40)
+    with torch.no_grad():
+        predict_tiled(forward, image, K, (16, 16), overlap=4)  # 16 tiles of 256 pixels: batches of 4
+        assert set(calls) == {4}
+        calls.clear()
+        big = int(TILE_BATCH_PIXELS**0.5) + 1  # one tile above the budget: one tile per call
+        predict_tiled(forward, image, K, (big, big), overlap=4)
+    assert calls and set(calls) == {1}
+
+
+def test_tiled_segmenter_predict_streams_the_labels_of_its_logits(tmp_path) -> None:
+    """A tiled Segmenter.predict streams labels (predict_tiled_labels): the argmax of predict_logits, also in
+    the files the CLI's writer makes."""
+    import numpy as np
+    from PIL import Image
+
+    from seglab.apps.predict import predict_to_files
+    from seglab.inference.predictor import Segmenter
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, K, 3, padding=1))
+    seg = Segmenter(model, K, ["a", "b", "c"], [(0, 0, 0), (255, 0, 0), (0, 255, 0)], (0.5,) * 3, (0.25,) * 3,
+                    device="cpu", tile=(24, 20), tile_overlap=6)
+    image = np.random.default_rng(0).integers(0, 256, (45, 38, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    predict_to_files(seg, [str(tmp_path / "img.png")], tmp_path / "out")
+    written = np.asarray(Image.open(tmp_path / "out" / "img_labels.png"))
+    assert np.array_equal(written, seg.predict(image).astype(np.uint8))
+    assert np.array_equal(seg.predict(image), seg.predict_logits(image).argmax(0).numpy())

@@ -24,7 +24,7 @@ from seglab.models.zoo import get_pretrained
 from seglab.ops.contract import valid_output_fn
 from seglab.ops.mc_dropout import mc_dropout, mc_probabilities
 from seglab.ops.resize import forward_at_size
-from seglab.ops.tiling import predict_tiled
+from seglab.ops.tiling import predict_tiled, predict_tiled_labels
 from seglab.ops.tta import TTA, as_tta, tta_forward
 from seglab.tasks.checkpoint import Checkpoint, check_compatible, model_from_checkpoint, read_checkpoint
 from seglab.tasks.semantic import require_dropout
@@ -128,6 +128,21 @@ class Segmenter(Predictor):
     max_untiled_pixels: int = 4096 * 4096
 
     # ------------------------------------------------------------------ prediction
+    def predict(self, image: ImageLike) -> np.ndarray:
+        """Class ids ``H x W`` (int64) for one RGB image (path, PIL image or uint8 array).
+
+        Tiled (without TTA), the labels are taken band by band and the image's ``K x H x W`` logits
+        are never held at once (11 classes at 4000x3000: 528 MB of the 2 GB a tiled 4000x3000
+        prediction may use).
+        """
+        if self.tile is None or self.tta is not None:
+            return super().predict(image)
+        x = self.preprocess(image).to(self.device)
+        with torch.inference_mode(), autocast(self.device, self.amp_dtype):
+            labels = predict_tiled_labels(self.forward_model, x, self.model_out_channels, self.tile, self.tile_overlap,
+                                          valid_model=self.valid_model)
+        return labels[0].cpu().numpy()
+
     @torch.inference_mode()
     def predict_logits(self, image: ImageLike) -> torch.Tensor:
         """Logits ``C x H x W`` (float32, CPU) at the image's own size."""

@@ -219,11 +219,11 @@ def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
         seg = load_exported(args.checkpoint, args.backend, precision=args.precision, tile=args.tile,
                             tile_overlap=args.tile_overlap)
     else:
-        if args.precision != "auto":
-            raise SeglabError("--precision sets OpenVINO's precision: add --backend openvino with an exported file.")
+        # PyTorch stays exact (fp32) unless bf16 is asked for: it flips labels where logits are close.
         seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile,
                                         tile_overlap=args.tile_overlap, fast=not args.no_fast, tta=tta, task=args.task,
-                                        score_threshold=args.score_threshold)
+                                        score_threshold=args.score_threshold,
+                                        amp="bf16" if args.precision == "bf16" else "none")
     if seg.task == "instance":
         if args.mc_samples or video:
             raise SeglabError(f"{'--mc-samples' if args.mc_samples else 'Video prediction'} applies to semantic "

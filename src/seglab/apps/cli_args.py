@@ -18,4 +18,5 @@ def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
 def add_exported_arguments(parser: argparse.ArgumentParser, backends: tuple[str, ...], help: str) -> None:
     parser.add_argument("--backend", choices=backends, help=help)
     parser.add_argument("--precision", choices=("auto", "f32", "bf16"), default="auto",
-                        help="OpenVINO's float precision (auto: bf16 where the CPU has it natively, else f32)")
+                        help="float precision: OpenVINO's (auto: bf16 where the CPU has it natively, else f32); "
+                             "PyTorch's where it applies (auto and f32: fp32, bf16: bf16 autocast)")

@@ -133,9 +133,8 @@ def unpool_from_codes(y: Tensor, codes: Tensor, output_size: Sequence[int], pack
 # go through 5-D and 6-D reshapes, which OpenVINO's CPU plugin mis-infers once NNCF has inserted int8
 # FakeQuantize nodes (its Reshape shape inference failed at the unpooling), and their chains of
 # float `where`s were a fifth of onnxruntime's SegNet-Basic time. Here one MaxPool gives the values,
-# each window's first pixel equal to its maximum gives the code (uint8 selects), and the unpooling
-# is a nearest spread times a mask: onnxruntime ran SegNet-Basic at 360x480 1.22x faster in fp32 and
-# 1.33x in int8 (docs/benchmarks.md). NaNs are not propagated bitwise as in eager mode (MaxPool and
+# comparisons of the window's pixels on strided slices give the code (one uint8 select), and the
+# unpooling is a nearest spread times a mask (docs/benchmarks.md has the profiles). NaNs are not propagated bitwise as in eager mode (MaxPool and
 # the mask treat them differently); a trained network produces none. In eager mode the views are faster.
 
 
@@ -145,10 +144,12 @@ def _pool_with_codes_4d(x: Tensor) -> tuple[Tensor, Tensor]:
     rows, cols = (height + 1) // 2, (width + 1) // 2
     x = F.pad(x, (0, 2 * cols - width, 0, 2 * rows - height), value=float("-inf"))
     pooled = F.max_pool2d(x, 2, 2)
-    top_left, top_right, bottom_left = x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2]
-    code = [torch.tensor(k, dtype=torch.uint8, device=x.device) for k in range(4)]
-    codes = torch.where(top_left == pooled, code[0], torch.where(
-        top_right == pooled, code[1], torch.where(bottom_left == pooled, code[2], code[3])))
+    # The codes compare the window's own pixels, never `pooled`: an int8 graph quantizes `pooled`
+    # (the next convolution's input), and equality with a quantized value would move the switches.
+    a, b, c, d = x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    right_top, right_bottom = b > a, d > c  # strict: a tie keeps the earlier pixel
+    lower = torch.maximum(c, d) > torch.maximum(a, b)
+    codes = torch.where(lower, right_bottom.to(torch.uint8) + 2, right_top.to(torch.uint8))
     return pooled, codes
 
 

@@ -143,3 +143,25 @@ def test_evaluate_scores_the_openvino_file_like_onnxruntime(files, tmp_path: Pat
     ov = evaluate_checkpoint(str(files["ckpt"]), overrides, split="train", compute_bf=False, onnx=str(files["onnx"]),
                              backend="openvino", precision="f32")
     assert ov["miou"] == pytest.approx(ort["miou"], abs=1e-3) and json.dumps(ov, default=str)
+
+
+def test_int8_of_the_shipped_camvid_model_keeps_its_labels(shared_data: Path, tmp_path: Path) -> None:
+    """NNCF int8 and onnxruntime int8 of segnet_basic.camvid agree with fp32 on CamVid val frames.
+
+    Guards the export graph's int8-safety: quantized comparisons in the pooling codes, or a
+    quantizer that calibrates on the -inf padding, once dropped agreement to 20-90 %.
+    """
+    from seglab.export.quantize import calibration_images, quantize_onnx
+
+    camvid = str(shared_data / "camvid")
+    onnx_file = tmp_path / "segnet_basic.onnx"
+    export_onnx("segnet_basic.camvid", onnx_file, verbose=False)
+    images = calibration_images("segnet_basic.camvid", [f"--data.root={camvid}"], 4)
+    int8_files = [quantize_openvino(onnx_file, tmp_path / "ov_int8.xml", images, verbose=False).path,
+                  quantize_onnx(onnx_file, tmp_path / "ort_int8.onnx", images, verbose=False).path]
+    reference = OpenVinoSegmenter(onnx_file, threads=2, precision="f32")
+    frames = sorted((shared_data / "camvid" / "val").glob("*.png"))[::50]
+    for path, least in zip(int8_files, (98.0, 95.0)):
+        seg = load_exported(path, threads=2, precision="f32" if path.suffix == ".xml" else "auto")
+        agreement = np.mean([np.mean(seg.predict(f) == reference.predict(f)) for f in frames])
+        assert agreement * 100 >= least, (path.name, agreement)

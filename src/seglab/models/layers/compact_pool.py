@@ -142,8 +142,10 @@ def _pool_with_codes_4d(x: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`pool_with_codes` for ``N x C x H x W`` (NaN-free), written for the exported graph."""
     height, width = x.shape[-2], x.shape[-1]
     rows, cols = (height + 1) // 2, (width + 1) // 2
+    # MaxPool reads the unpadded input (ceil mode covers odd sizes): a quantizer calibrating the
+    # pool's input must never see the -inf padding, which would give it an infinite range.
+    pooled = F.max_pool2d(x, 2, 2, ceil_mode=True)
     x = F.pad(x, (0, 2 * cols - width, 0, 2 * rows - height), value=float("-inf"))
-    pooled = F.max_pool2d(x, 2, 2)
     # The codes compare the window's own pixels, never `pooled`: an int8 graph quantizes `pooled`
     # (the next convolution's input), and equality with a quantized value would move the switches.
     a, b, c, d = x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]

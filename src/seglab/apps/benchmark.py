@@ -21,7 +21,8 @@ method) and reports one row per case with the keys in :data:`ROW_KEYS`:
   ``pool_index_format`` says which one the model actually uses. None without pooling indices.
 
 Inference paths: ``eager`` (``model.eval()`` + ``torch.no_grad``), ``fast``
-(:func:`seglab.inference.fastpath.optimize_for_inference` defaults), the variants ``fast_nchw``,
+(:func:`seglab.inference.fastpath.optimize_for_inference` defaults: bf16 on CPUs with native bf16), the
+variants ``fast_fp32``, ``fast_nchw``,
 ``fast_cl``, ``fast_bf16``, ``fast_compile``, ``fast_nomallopt`` (``SEGLAB_NO_MALLOPT=1``), and
 ``onnxruntime`` / ``quantized`` (static int8) when :mod:`seglab.export`,
 :mod:`seglab.inference.onnx_backend` and onnxruntime are available, and ``openvino`` (f32),
@@ -59,7 +60,7 @@ __all__ = ["DEFAULT_MODELS", "INFERENCE_PATHS", "ROW_KEYS", "TRAIN_PATHS", "form
            "write_json"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("segnet", "segnet_basic", *PEER_MODELS)
-INFERENCE_PATHS: tuple[str, ...] = ("eager", "fast", "fast_nchw", "fast_cl", "fast_bf16", "fast_compile",
+INFERENCE_PATHS: tuple[str, ...] = ("eager", "fast", "fast_fp32", "fast_nchw", "fast_cl", "fast_bf16", "fast_compile",
                                     "fast_nomallopt", "onnxruntime", "quantized", "openvino", "openvino_bf16",
                                     "openvino_int8")
 TRAIN_PATHS: tuple[str, ...] = ("train_eager", "train_engine", "train_engine_mallopt")
@@ -86,7 +87,13 @@ def _onnx_unavailable(path: str) -> str | None:
     """Why ``path`` cannot run (a seglab function or onnxruntime missing), or None if it can."""
     import importlib
 
+    import importlib.util
+
     for module, function in _ONNX_PATHS[path]:
+        if not module.startswith("seglab."):  # a runtime: only whether it is installed (cases import it)
+            if importlib.util.find_spec(module) is None:
+                return f"skipped: {module} is not installed (pip install seglab[openvino])"
+            continue
         try:
             if not hasattr(importlib.import_module(module), function):
                 return f"skipped: {module} has no {function}()"
@@ -195,7 +202,7 @@ def run_benchmark(
     """
     models = list(DEFAULT_MODELS if models is None else models)
     if paths is None:
-        paths = ["eager", "fast"] + [p for p in _ONNX_PATHS if _onnx_unavailable(p) is None]
+        paths = ["eager", "fast"] + [p for p in ("onnxruntime", "quantized") if _onnx_unavailable(p) is None]
     train_paths = list(train_paths) if train_mode else []
     _check_names(models, paths, train_paths)
     if repeats < 1 or warmup < 0:

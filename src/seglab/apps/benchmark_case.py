@@ -231,6 +231,7 @@ def _inference_fn(case: dict[str, Any], model: nn.Module, x: torch.Tensor) -> Ca
 
     options = {"fast": {}, "fast_nomallopt": {}, "fast_nchw": {"channels_last": False},
                "fast_cl": {"channels_last": True}, "fast_bf16": {"dtype": torch.bfloat16},
+               "fast_fp32": {"dtype": torch.float32},
                "fast_compile": {"compile": True}}[path]
     fast = optimize_for_inference(model, threads=threads, **options)
     return lambda: fast(x)

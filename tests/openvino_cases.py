@@ -82,7 +82,8 @@ def test_nncf_int8_compiles_runs_and_keeps_the_metadata(files) -> None:
     ops = {op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops()}
     assert "FakeQuantize" in ops  # really quantized
     seg = load_exported(path, threads=1)  # an .xml picks OpenVINO
-    assert isinstance(seg, OpenVinoSegmenter)
+    assert isinstance(seg, OpenVinoSegmenter) and seg.precision == "f32"  # auto keeps an int8 model's rest in f32
+    assert OpenVinoSegmenter(files["onnx"], threads=1).precision in ("f32", "bf16")
     for precision in ("f32", "bf16"):
         labels = OpenVinoSegmenter(path, threads=1, precision=precision).predict(_image())
         assert labels.shape == (50, 70) and set(np.unique(labels)) <= {0, 1, 2}

@@ -151,26 +151,40 @@ def _static_stats(model: nn.Module, size: tuple[int, int]) -> tuple[dict[str, An
     return stats, gflops
 
 
-def _onnx_fn(case: dict[str, Any], model: nn.Module, x: torch.Tensor, quantized: bool) -> Callable[[], Any]:
-    """Export with :func:`seglab.export.onnx.export_onnx` (int8: ``seglab.export.quantize.quantize_onnx``
-    calibrated on 4 synthetic road scenes), then time an onnxruntime session on ``x``."""
-    import numpy as np
-    import onnxruntime as ort
-
+def _exported(case: dict[str, Any], model: nn.Module, x: torch.Tensor) -> Path:
+    """The case's ``seglab export`` file at ``x``'s size, written once per run (shared by the
+    onnxruntime, int8 and OpenVINO paths of a model)."""
     from seglab.export.onnx import export_onnx
 
     height, width = x.shape[-2:]
-    onnx_path = Path(case["tmp"]) / f"{case['model']}_{height}x{width}.onnx"
-    if not onnx_path.exists():  # the quantized case reuses the fp32 export
-        export_onnx(model.cpu(), onnx_path, input_size=(height, width), metadata={"model_name": case["model"]},
+    path = Path(case["tmp"]) / f"{case['model']}_{height}x{width}.onnx"
+    if not path.exists():
+        export_onnx(model.cpu(), path, input_size=(height, width), metadata={"model_name": case["model"]},
                     verbose=False)
+    return path
+
+
+def _calibration_scenes(x: torch.Tensor) -> list[Any]:
+    """4 synthetic road scenes at ``x``'s size: the int8 paths' calibration images."""
+    import numpy as np
+
+    from seglab.data.synthetic import render_scene
+
+    rng = np.random.default_rng(0)
+    return [render_scene(rng, *x.shape[-2:])[0] for _ in range(4)]
+
+
+def _onnx_fn(case: dict[str, Any], model: nn.Module, x: torch.Tensor, quantized: bool) -> Callable[[], Any]:
+    """Export with :func:`seglab.export.onnx.export_onnx` (int8: ``seglab.export.quantize.quantize_onnx``
+    calibrated on 4 synthetic road scenes), then time an onnxruntime session on ``x``."""
+    import onnxruntime as ort
+
+    onnx_path = _exported(case, model, x)
     if quantized:
-        from seglab.data.synthetic import render_scene
         from seglab.export.quantize import quantize_onnx
 
-        rng = np.random.default_rng(0)
-        images = [render_scene(rng, height, width)[0] for _ in range(4)]
-        onnx_path = quantize_onnx(onnx_path, onnx_path.with_suffix(".int8.onnx"), images, verbose=False).path
+        onnx_path = quantize_onnx(onnx_path, onnx_path.with_suffix(".int8.onnx"), _calibration_scenes(x),
+                                  verbose=False).path
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = case["threads"], 1
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
@@ -183,25 +197,15 @@ def _openvino_fn(case: dict[str, Any], model: nn.Module, x: torch.Tensor) -> Cal
     ``openvino_int8`` (NNCF post-training int8, calibrated on 4 synthetic road scenes; its float
     remainder in bf16 where the CPU has it natively, as measured in docs/benchmarks.md, although
     ``OpenVinoSegmenter``'s own ``auto`` keeps it in f32: on CamVid the two ran at the same speed)."""
-    import numpy as np
-
-    from seglab.export.onnx import export_onnx
     from seglab.inference.openvino_backend import OpenVinoSegmenter
 
-    height, width = x.shape[-2:]
-    onnx_path = Path(case["tmp"]) / f"{case['model']}_{height}x{width}.onnx"
-    if not onnx_path.exists():
-        export_onnx(model.cpu(), onnx_path, input_size=(height, width), metadata={"model_name": case["model"]},
-                    verbose=False)
+    onnx_path = _exported(case, model, x)
     precision = {"openvino": "f32", "openvino_bf16": "bf16", "openvino_int8": "bf16"}[case["path"]]
     if case["path"] == "openvino_int8":
-        from seglab.data.synthetic import render_scene
         from seglab.export.quantize import quantize_openvino
 
-        rng = np.random.default_rng(0)
-        images = [render_scene(rng, height, width)[0] for _ in range(4)]
-        onnx_path = quantize_openvino(onnx_path, onnx_path.with_name(onnx_path.stem + "_int8.xml"), images,
-                                      verbose=False).path
+        onnx_path = quantize_openvino(onnx_path, onnx_path.with_name(onnx_path.stem + "_int8.xml"),
+                                      _calibration_scenes(x), verbose=False).path
     seg = OpenVinoSegmenter(onnx_path, threads=case["threads"], precision=precision)
     compiled, feed = seg.compiled_for(x.shape), x.cpu().numpy()
     return lambda: compiled(feed)[0]

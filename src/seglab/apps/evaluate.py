@@ -124,7 +124,7 @@ class _OnnxModule(nn.Module):
         super().__init__()
         self.segmenter = segmenter
         if (segmenter.model_name, segmenter.num_classes) != (model_name, num_classes):
-            raise SeglabError(f"{str(segmenter.path)!r} holds {self.segmenter.model_name!r} with {self.segmenter.num_classes} classes, "
+            raise SeglabError(f"{str(segmenter.path)!r} holds {segmenter.model_name!r} with {segmenter.num_classes} classes, "
                               f"but the checkpoint is {model_name!r} with {num_classes}: export this checkpoint with "
                               "`seglab export` and pass that file.")
 

@@ -22,11 +22,8 @@ from seglab.inference.onnx_format import METADATA_KEY, Parity, compare_logits
 from seglab.inference.predictor import ImageLike
 from seglab.tasks.checkpoint import checkpoint_config, read_checkpoint
 
-__all__ = ["NNCF_IGNORED_TYPES", "QUANTIZED_OPS", "QUANTIZERS", "QuantizeReport", "calibration_images",
-           "quantize_onnx", "quantize_openvino"]
-
-#: ``seglab export --int8 --quantizer``: which tool writes the int8 model.
-QUANTIZERS: tuple[str, ...] = ("onnxruntime", "nncf")
+__all__ = ["NNCF_IGNORED_TYPES", "QUANTIZED_OPS", "QuantizeReport", "calibration_images", "quantize_onnx",
+           "quantize_openvino"]
 
 #: Ops given int8 Q/DQ pairs. Only the weight-carrying ones: quantizing SegNet's pooling-code
 #: logic (Pad with -inf, comparisons, Where) gains nothing and would put -inf into a scale.
@@ -34,8 +31,9 @@ QUANTIZED_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 #: OpenVINO op types NNCF must leave in float: SegNet's pooling-code logic (comparisons and the maxima
-#: they compare, selects, the nearest spread of the unpooling). Quantizing them turns near-ties into ties and moves the
-#: switches: on the shipped CamVid model, argmax agreement with fp32 fell from 98.9 % to 85 %.
+#: they compare, selects, the nearest spread of the unpooling). Quantizing them turns near-ties into
+#: ties and moves the switches: on the shipped CamVid model, argmax agreement with fp32 fell from
+#: 98.9 % to 85 %.
 NNCF_IGNORED_TYPES: tuple[str, ...] = ("Select", "Equal", "Greater", "Maximum", "IsNaN", "LogicalOr", "Interpolate")
 
 

@@ -83,7 +83,7 @@ def test_bad_upsample_mode_suggests_fix() -> None:
 
 
 def test_segnet_accepts_other_input_channels() -> None:
-    model = create_model("segnet_basic", num_classes=2, in_channels=1, input_lrn=False).eval()
+    model = create_model("segnet_basic", num_classes=2, in_channels=1, input_norm="none").eval()
     assert isinstance(model.input_norm, nn.Identity)
     with torch.no_grad():
         assert model(torch.randn(1, 1, 20, 21)).shape == (1, 2, 20, 21)

@@ -114,7 +114,7 @@ def test_fcn_basic_deconvolutions_start_as_bilinear() -> None:
 
 def test_fcn_basic_adds_reduced_encoder_maps() -> None:
     torch.manual_seed(0)
-    model = create_model("fcn_basic", num_classes=3, input_lrn=False).eval()
+    model = create_model("fcn_basic", num_classes=3, input_norm="none").eval()
     x = torch.randn(1, 3, 45, 61)
     with torch.no_grad():
         with_skips = model(x)

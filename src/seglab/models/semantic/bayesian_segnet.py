@@ -32,7 +32,8 @@ def bayesian_segnet(num_classes: int, *, in_channels: int = 3, weights_backbone:
 
 
 def bayesian_segnet_basic(num_classes: int, *, in_channels: int = 3, upsample: str = "indices",
-                          input_lrn: bool = True, conv_bias: bool = False, dropout: float = 0.5) -> nn.Module:
-    """SegNet-Basic with dropout after encoders 3-4 and decoders 4-3."""
-    return build_segnet_basic(num_classes, in_channels=in_channels, upsample=upsample, input_lrn=input_lrn,
-                              conv_bias=conv_bias, dropout=dropout, encoder_dropout=(2, 3), decoder_dropout=(0, 1))
+                          input_norm: str = "lrn", input_lrn: bool | None = None, conv_bias: bool = False,
+                          dropout: float = 0.5) -> nn.Module:
+    """SegNet-Basic with dropout after encoders 3-4 and decoders 4-3 (``input_norm`` as SegNet-Basic's)."""
+    return build_segnet_basic(num_classes, in_channels=in_channels, upsample=upsample, input_norm=input_norm,
+                              input_lrn=input_lrn, conv_bias=conv_bias, dropout=dropout, encoder_dropout=(2, 3), decoder_dropout=(0, 1))

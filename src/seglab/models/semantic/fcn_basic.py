@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from seglab.models.layers.blocks import init_he
+from seglab.models.layers.normalization import make_input_norm
 from seglab.models.layers.heads import bilinear_conv_transpose, crop_to
 from seglab.models.semantic.segnet import SEGNET_BASIC_STAGES, PoolSizes, SegNetEncoder
 
@@ -121,7 +122,8 @@ def fcn_basic(
     num_classes: int,
     *,
     in_channels: int = 3,
-    input_lrn: bool = True,
+    input_norm: str = "lrn",
+    input_lrn: bool | None = None,
     conv_bias: bool = False,
     learnable_upsampling: bool = True,
 ) -> nn.Module:
@@ -130,7 +132,8 @@ def fcn_basic(
     Args:
         num_classes: Number of output classes K.
         in_channels: Image channels.
-        input_lrn: LocalResponseNorm on the input, as SegNet-Basic (same encoder).
+        input_norm: Input normalisation, as SegNet-Basic's (``lrn``, ``lcn`` or ``none``).
+        input_lrn: The older switch: False means ``input_norm="none"``.
         conv_bias: Give the 7x7 encoder convs biases (see ``segnet_basic``).
         learnable_upsampling: ``False`` fixes the deconvolutions at bilinear weights.
 
@@ -140,7 +143,6 @@ def fcn_basic(
     encoder = PyramidSegNetEncoder(in_channels, SEGNET_BASIC_STAGES, kernel_size=7, bias=conv_bias,
                                    return_indices=False)
     decoder = FCNBasicDecoder(encoder.out_channels, num_classes, len(SEGNET_BASIC_STAGES), learnable_upsampling)
-    input_norm = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if input_lrn else None
-    model = FCNBasic(encoder, decoder, input_norm)
+    model = FCNBasic(encoder, decoder, make_input_norm(input_norm, in_channels, input_lrn=input_lrn))
     init_he(model)  # leaves the bilinear transposed convs alone
     return model

@@ -35,6 +35,7 @@ from seglab.models.layers.blocks import (
     set_index_format,
     upsample_uses_indices,
 )
+from seglab.models.layers.normalization import make_input_norm
 
 __all__ = [
     "DEFAULT_INDEX_FORMAT",
@@ -303,7 +304,8 @@ def segnet_basic(
     *,
     in_channels: int = 3,
     upsample: str = "indices",
-    input_lrn: bool = True,
+    input_norm: str = "lrn",
+    input_lrn: bool | None = None,
     conv_bias: bool = False,
     index_format: str = DEFAULT_INDEX_FORMAT,
 ) -> nn.Module:
@@ -322,16 +324,19 @@ def segnet_basic(
         num_classes: Number of output classes K.
         in_channels: Image channels.
         upsample: Decoder upsampling mode (see :func:`segnet`).
-        input_lrn: Apply LocalResponseNorm(5, alpha=1e-4, beta=0.75) to the input, as the official
-            ``segnet_basic_train.prototxt`` does (no parameters).
+        input_norm: Parameter-free input normalisation: ``lrn`` (LocalResponseNorm(5, alpha=1e-4,
+            beta=0.75), as the official ``segnet_basic_train.prototxt``), ``lcn`` (the paper's local
+            contrast normalisation, see :class:`~seglab.models.layers.normalization.LocalContrastNorm`)
+            or ``none``.
+        input_lrn: The older switch: False means ``input_norm="none"``.
         conv_bias: Give the 7x7 convs biases like the tutorial prototxt; the paper says no biases.
         index_format: Pooling-index storage (see :func:`segnet`).
 
     Returns:
         A :class:`SegNet` module returning logits.
     """
-    model = build_segnet_basic(num_classes, in_channels=in_channels, upsample=upsample, input_lrn=input_lrn,
-                               conv_bias=conv_bias)
+    model = build_segnet_basic(num_classes, in_channels=in_channels, upsample=upsample, input_norm=input_norm,
+                               input_lrn=input_lrn, conv_bias=conv_bias)
     return set_index_format(model, index_format)
 
 
@@ -340,7 +345,8 @@ def build_segnet_basic(
     *,
     in_channels: int = 3,
     upsample: str = "indices",
-    input_lrn: bool = True,
+    input_norm: str = "lrn",
+    input_lrn: bool | None = None,
     conv_bias: bool = False,
     dropout: float = 0.5,
     encoder_dropout: Sequence[int] = (),
@@ -353,7 +359,6 @@ def build_segnet_basic(
     decoder = SegNetDecoder(encoder.out_channels, SEGNET_BASIC_STAGES, upsample=upsample, kernel_size=7,
                             bias=conv_bias, activation_layer=None, dropout=dropout, dropout_after=decoder_dropout)
     classifier = nn.Conv2d(decoder.out_channels, num_classes, 1)
-    input_norm = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if input_lrn else None
-    model = SegNet(encoder, decoder, classifier, input_norm)
+    model = SegNet(encoder, decoder, classifier, make_input_norm(input_norm, in_channels, input_lrn=input_lrn))
     init_he(model)
     return model

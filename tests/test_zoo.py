@@ -77,10 +77,12 @@ def test_pack_then_load_by_name_everywhere(trained, weights_dir, tmp_path, capsy
     assert "unet.tiny" in table and "synthetic train / val" in table
 
 
-def test_bad_names_and_files(trained, weights_dir):
+def test_bad_names_and_files(trained, weights_dir, capsys):
     pack_weights(trained, "unet.tiny", commit="abc123")
     with pytest.raises(SeglabError, match="No trained weights named 'unet.tinny'.*Did you mean.*unet.tiny"):
         Segmenter.from_pretrained("unet.tinny")
+    assert main(["predict", "unet.tinny", "x.png", "--out", str(weights_dir / "pred")]) == 2
+    assert "Did you mean 'unet.tiny'" in " ".join(capsys.readouterr().err.split())
     with pytest.raises(SeglabError, match="predict 7 classes.*num_classes=7"):
         create_model("unet", num_classes=3, weights="tiny")
     with pytest.raises(SeglabError, match="Name trained weights <model>.<tag>"):

@@ -27,10 +27,10 @@ from torch import nn
 
 from seglab.core.atomic import atomic_write
 from seglab.core.config import Config, config_from_dict
-from seglab.core.errors import SeglabError
+from seglab.core.errors import SeglabError, did_you_mean
 from seglab.core.version import __version__
 from seglab.models.registry import create_model
-from seglab.models.zoo import is_pretrained_name, read_pretrained, read_weights_file
+from seglab.models.zoo import is_pretrained_name, list_pretrained, read_pretrained, read_weights_file
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointMeta", "NonFiniteWeights", "TrainingState", "check_compatible",
            "checkpoint_config", "load_checkpoint", "model_from_checkpoint", "read_checkpoint", "save_checkpoint"]
@@ -187,8 +187,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """The flat checkpoint dict of ``path``, validated; clear errors for missing or foreign files."""
     path = Path(path)
     if not path.is_file():
-        raise SeglabError(f"Checkpoint {str(path)!r} does not exist. Training writes best.pt and last.pt in its run folder; "
-                          "trained weights that ship with seglab go by name (`seglab weights` lists them).")
+        # A bare word like "segnet_basic.camvd" is a misspelt weights name more often than a file.
+        close = did_you_mean(str(path), list_pretrained()) if len(path.parts) == 1 else ""
+        raise SeglabError(f"Checkpoint {str(path)!r} does not exist.{close} Training writes best.pt and last.pt in its "
+                          "run folder; trained weights that ship with seglab go by name (`seglab weights` lists them).")
     try:
         ckpt = _torch_load(path, map_location)
     except SeglabError:

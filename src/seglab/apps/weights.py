@@ -104,7 +104,8 @@ def pack_weights(checkpoint: str | Path, name: str, *, out_dir: str | Path | Non
         "name": name,
         "checkpoint": dataclasses.asdict(ckpt.meta),
         "trained": {"dataset": cfg.data.dataset, "train_split": cfg.data.train_split, "val_split": split,
-                    "selected_on": cfg.data.val_split,
+                    # last.pt is the schedule's end, chosen on nothing; best.pt was chosen on val_split.
+                    "selected_on": "none (last epoch)" if Path(checkpoint).name == "last.pt" else cfg.data.val_split,
                     "input_size": cfg.data.image_size or cfg.data.crop_size, "recipe": recipe,
                     "commit": commit or _git_commit(), "train_seconds": _training_seconds(Path(checkpoint).parent),
                     "hardware": hardware or _hardware(), "epochs": ckpt.training.epoch if ckpt.training else None},

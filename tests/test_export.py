@@ -15,7 +15,7 @@ from seglab.core.errors import SeglabError
 from seglab.export.onnx import export_onnx, read_onnx_metadata
 from seglab.inference.predictor import Segmenter
 from seglab.inference.onnx_backend import OnnxSegmenter
-from seglab.export.quantize import quantize_onnx
+from seglab.export.quantize import calibration_indices, quantize_onnx
 from seglab.models.registry import create_model
 
 CLASSES = ["sky", "road", "car", "tree"]
@@ -113,6 +113,17 @@ class CustomOpNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _opaque_double(self.conv(x))
+
+
+def test_calibration_frames_spread_over_the_split() -> None:
+    """A split lists its sequences one after another: calibration takes frames from all of them."""
+    assert calibration_indices(367, 4) == [0, 122, 244, 366]
+    assert calibration_indices(10, 1) == [0]
+    assert calibration_indices(3, 16) == [0, 1, 2]
+    assert calibration_indices(0, 4) == [] and calibration_indices(5, 0) == []
+    picked = calibration_indices(367, 16)
+    assert len(picked) == 16 and picked[0] == 0 and picked[-1] == 366
+    assert max(np.diff(picked)) - min(np.diff(picked)) <= 1
 
 
 def test_unexportable_model_raises_naming_it(tmp_path: Path) -> None:

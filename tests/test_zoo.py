@@ -55,6 +55,12 @@ def test_pack_then_load_by_name_everywhere(trained, weights_dir, tmp_path, capsy
     other = meta["other_metrics"]["train"]  # another split, scored with the fp16 weights
     assert other["split"] == "train" and 0 <= other["miou"] <= 1 and other["miou"] != meta["val_metrics"]["miou"]
     assert meta["trained"]["selected_on"] == "val"
+    check = meta["precision_checks"]["bf16"]  # bf16 against fp32 on every val image, by the rule
+    assert check["split"] == "val" and check["images"] == 4 and 0 <= check["agreement_pct"] <= 100
+    assert check["miou_change"] == pytest.approx(check["miou"] - check["miou_fp32"])
+    assert check["passes_default_rule"] == (check["agreement_pct"] >= 99 and check["miou_change"] >= -0.5)
+    assert meta["checkpoint"]["verified_precisions"] == (["bf16"] if check["passes_default_rule"] else [])
+    assert read_checkpoint("unet.tiny").meta.verified_precisions == meta["checkpoint"]["verified_precisions"]
 
     model = create_model("unet", num_classes=7, weights="tiny")  # the trained options (depth 2) are used
     original = read_checkpoint(trained).model
@@ -113,3 +119,25 @@ def test_large_weights_download_from_a_url_into_the_cache(trained, weights_dir, 
     with pytest.raises(SeglabError, match="does not match the given sha256.*deleted"):
         zoo.read_pretrained("unet.big")
     assert not cached.exists()
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_auto_precision_is_bf16_only_for_weights_verified_in_bf16(trained, tmp_path, monkeypatch, native_bf16):
+    """amp "auto" (the default of from_checkpoint, predict and serve) runs bf16 only where the CPU has
+    it natively and the weights record a passed bf16 check; "none" and "bf16" are always obeyed."""
+    import dataclasses
+
+    from seglab.core import runtime
+    from seglab.tasks.checkpoint import save_checkpoint
+
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: native_bf16)
+    ckpt = read_checkpoint(trained)
+    verified = tmp_path / "verified.pt"
+    save_checkpoint(verified, dataclasses.replace(ckpt, meta=dataclasses.replace(ckpt.meta, verified_precisions=["bf16"])))
+    for path, amp, expected in [(trained, "auto", None), (verified, "auto", torch.bfloat16 if native_bf16 else None),
+                                (verified, "none", None), (trained, "bf16", torch.bfloat16)]:
+        seg = Segmenter.from_checkpoint(path, device="cpu", amp=amp, fast=False)
+        assert seg.amp_dtype == expected, (path.name, amp)
+    assert runtime.resolve_inference_amp("auto", torch.device("cuda"), ["bf16"]) == "none"  # a CPU check
+    assert runtime.passes_default_rule(99.0, -0.5) and not runtime.passes_default_rule(98.99, 0.0)
+    assert not runtime.passes_default_rule(99.5, -0.51)

@@ -219,11 +219,13 @@ def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
         seg = load_exported(args.checkpoint, args.backend, precision=args.precision, tile=args.tile,
                             tile_overlap=args.tile_overlap)
     else:
-        # PyTorch stays exact (fp32) unless bf16 is asked for: it flips labels where logits are close.
+        # auto: bf16 only for weights whose val check recorded that it keeps the labels (else fp32).
         seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile,
                                         tile_overlap=args.tile_overlap, fast=not args.no_fast, tta=tta, task=args.task,
                                         score_threshold=args.score_threshold,
-                                        amp="bf16" if args.precision == "bf16" else "none")
+                                        amp={"bf16": "bf16", "f32": "none"}.get(args.precision, "auto"))
+        if args.precision == "auto" and str(getattr(seg, "amp_dtype", None)) == "torch.bfloat16":
+            print("seglab: bf16 on this CPU (these weights keep their val labels in bf16; --precision f32 for fp32)")
     if seg.task == "instance":
         if args.mc_samples or video:
             raise SeglabError(f"{'--mc-samples' if args.mc_samples else 'Video prediction'} applies to semantic "

@@ -19,4 +19,5 @@ def add_exported_arguments(parser: argparse.ArgumentParser, backends: tuple[str,
     parser.add_argument("--backend", choices=backends, help=help)
     parser.add_argument("--precision", choices=("auto", "f32", "bf16"), default="auto",
                         help="float precision: OpenVINO's (auto: bf16 where the CPU has it natively, else f32); "
-                             "PyTorch's where it applies (auto and f32: fp32, bf16: bf16 autocast)")
+                             "PyTorch's where it applies (auto: bf16 where the CPU has it natively and the weights "
+                             "record that bf16 keeps their val labels, else fp32; f32; bf16: bf16 autocast)")

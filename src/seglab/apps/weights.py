@@ -18,16 +18,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from seglab.apps.evaluate import evaluate_checkpoint
+from seglab.core.config import apply_overrides
 from seglab.core.errors import SeglabError
+from seglab.core.runtime import passes_default_rule
 from seglab.engine.logging import json_safe
 from seglab.models import zoo
 from seglab.models.zoo import PretrainedEntry, list_pretrained, register_entry, write_weights_file
 from seglab.tasks.checkpoint import checkpoint_config, read_checkpoint
 
-__all__ = ["MAX_SHIPPED_BYTES", "format_weights_table", "pack_weights"]
+__all__ = ["MAX_SHIPPED_BYTES", "check_bf16", "format_weights_table", "pack_weights"]
 
 #: Shipped weights stay under this size (the package must stay small); larger ones need a URL.
 MAX_SHIPPED_BYTES = 4 * 1024 * 1024
@@ -83,6 +86,35 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
                       "split": results["split"]})
 
 
+def check_bf16(weights: str | Path, overrides: list[str], split: str) -> dict[str, Any]:
+    """bf16 autocast against fp32 on every image of ``split``, through the prediction path users run
+    (:class:`~seglab.inference.predictor.Segmenter`, fast path, labels at the image's size): argmax
+    agreement, both mIoUs, and whether bf16 passes the default-path rule
+    (:func:`seglab.core.runtime.passes_default_rule`) and so may run by default where the CPU has it."""
+    from seglab.data import build_dataset, dataset_info
+    from seglab.inference.predictor import Segmenter
+    from seglab.metrics import SegmentationMetrics
+
+    cfg = apply_overrides(checkpoint_config(read_checkpoint(weights)), overrides)
+    data = build_dataset(dataclasses.replace(cfg.data, image_size=None), split, train=False)
+    info = dataset_info(cfg.data)
+    paths = {amp: Segmenter.from_checkpoint(weights, device="cpu", amp=amp) for amp in ("none", "bf16")}
+    metrics = {amp: SegmentationMetrics(info.num_classes, info.ignore_index, compute_bf=False) for amp in paths}
+    same = total = 0
+    for i in range(len(data)):
+        image, target = data.load_image(i), torch.from_numpy(data.load_mask(i).astype(np.int64))
+        labels = {amp: np.asarray(seg.predict(image)) for amp, seg in paths.items()}
+        same += int((labels["none"] == labels["bf16"]).sum())
+        total += labels["none"].size
+        for amp, predicted in labels.items():
+            metrics[amp].update(torch.from_numpy(predicted.astype(np.int64)), target)
+    fp32, bf16 = (100 * metrics[amp].compute()["miou"] for amp in ("none", "bf16"))
+    agreement = 100 * same / max(total, 1)
+    return json_safe({"split": split, "images": len(data), "agreement_pct": agreement, "miou_fp32": fp32,
+                      "miou": bf16, "miou_change": bf16 - fp32, "hardware": _hardware(),
+                      "passes_default_rule": passes_default_rule(agreement, bf16 - fp32)})
+
+
 def pack_weights(checkpoint: str | Path, name: str, *, out_dir: str | Path | None = None, recipe: str | None = None,
                  commit: str | None = None, url: str | None = None, overrides: list[str] | None = None,
                  split: str = "val", hardware: str | None = None,
@@ -127,6 +159,11 @@ def pack_weights(checkpoint: str | Path, name: str, *, out_dir: str | Path | Non
             print(f"seglab: scoring the fp16 weights on {other} ...", flush=True)
             metadata["other_metrics"][other] = _summary(evaluate_checkpoint(str(trial), overrides, other))
         metadata["size_bytes"] = trial.stat().st_size
+        if ckpt.meta.task == "semantic":  # bf16 runs by default only for weights that pass this check
+            print(f"seglab: checking bf16 against fp32 on {split} ...", flush=True)
+            check = check_bf16(trial, overrides, split)
+            metadata["precision_checks"] = {"bf16": check}
+            metadata["checkpoint"]["verified_precisions"] = ["bf16"] if check["passes_default_rule"] else []
     if metadata["size_bytes"] > MAX_SHIPPED_BYTES and url is None:
         raise SeglabError(f"{name} is {metadata['size_bytes'] / 2**20:.1f} MiB in fp16, over the 4 MiB that may ship "
                           "in the package: publish the file and pass its --url (the entry then downloads it).")
@@ -136,4 +173,9 @@ def pack_weights(checkpoint: str | Path, name: str, *, out_dir: str | Path | Non
     fp32, fp16 = metadata["val_metrics_fp32"], metadata["val_metrics"]
     print(f"seglab: wrote {target} ({entry.size / 1e6:.2f} MB, sha256 {sha256[:12]}...); {split} mIoU fp32 "
           f"{_pct(fp32.get('miou'))}, fp16 {_pct(fp16.get('miou'))}")
+    if "precision_checks" in metadata:
+        check = metadata["precision_checks"]["bf16"]
+        print(f"seglab: bf16 agrees with fp32 on {check['agreement_pct']:.2f} % of the {split} pixels, mIoU "
+              f"{check['miou_change']:+.2f}: {'runs by default' if check['passes_default_rule'] else 'fp32 stays the default'}"
+              " where the CPU has native bf16")
     return entry

@@ -12,7 +12,14 @@ import torch
 
 from seglab.core.errors import SeglabError
 
-__all__ = ["select_device", "resolve_amp", "autocast", "seed_everything", "rng_state", "set_rng_state", "cpu_supports_bf16"]
+__all__ = ["select_device", "resolve_amp", "autocast", "seed_everything", "rng_state", "set_rng_state", "cpu_supports_bf16",
+           "DEFAULT_MIN_AGREEMENT", "DEFAULT_MAX_MIOU_DROP", "passes_default_rule", "resolve_inference_amp"]
+
+#: The rule a reduced-precision path must pass on a trained model's val split before it may run by
+#: default: argmax agreement with fp32 of at least this many percent of the pixels ...
+DEFAULT_MIN_AGREEMENT = 99.0
+#: ... and an mIoU at most this many points below fp32's.
+DEFAULT_MAX_MIOU_DROP = 0.5
 
 
 def select_device(spec: str = "auto") -> torch.device:
@@ -51,6 +58,25 @@ def resolve_amp(spec: str, device: torch.device) -> torch.dtype | None:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_supports_bf16() else None
     raise SeglabError(f"Unknown precision {spec!r} (train.amp): use auto, bf16, fp16 or none.")
+
+
+def passes_default_rule(agreement_pct: float, miou_change_points: float) -> bool:
+    """Whether a precision that agrees with fp32 on ``agreement_pct`` % of the pixels and moves mIoU by
+    ``miou_change_points`` may be a default (:data:`DEFAULT_MIN_AGREEMENT`, :data:`DEFAULT_MAX_MIOU_DROP`)."""
+    return agreement_pct >= DEFAULT_MIN_AGREEMENT and miou_change_points >= -DEFAULT_MAX_MIOU_DROP
+
+
+def resolve_inference_amp(spec: str, device: torch.device, verified: list[str] | tuple[str, ...] = ()) -> str:
+    """The autocast spec a prediction runs at. ``auto`` is bf16 where the CPU computes bf16 natively
+    (AVX512-BF16, AMX) *and* the weights record that bf16 passed :func:`passes_default_rule` on their val
+    split (``verified``, written by ``seglab weights pack``); fp32 everywhere else, as a checkpoint with no
+    such record. bf16 flips labels wherever two logits are close, so it is chosen per model, on evidence.
+    Any other spec is returned as given."""
+    if spec != "auto":
+        return spec
+    if device.type == "cpu" and "bf16" in verified and cpu_supports_bf16():
+        return "bf16"
+    return "none"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from seglab.core.errors import SeglabError
-from seglab.core.runtime import autocast, resolve_amp, select_device
+from seglab.core.runtime import autocast, resolve_amp, resolve_inference_amp, select_device
 from seglab.inference.base import ImageLike, Predictor
 from seglab.inference.fastpath import optimize_for_inference
 from seglab.inference.instance_predictor import InstanceSegmenter
@@ -83,7 +83,7 @@ class Segmenter(Predictor):
         self.tta = as_tta(tta)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "none",
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "auto",
                         tile: Sequence[int] | None = None, tile_overlap: int = 32, fast: bool = True,
                         tta: TTA | bool | str | None = None, task: str | None = None,
                         score_threshold: float | None = None) -> Segmenter | InstanceSegmenter:
@@ -99,9 +99,15 @@ class Segmenter(Predictor):
         :class:`~seglab.inference.instance_predictor.InstanceSegmenter`, whose ``predict`` returns
         instances above ``score_threshold`` (default 0.5); tiling and TTA are for semantic
         checkpoints. ``task`` (``semantic`` / ``instance``), when given, must match the checkpoint's.
+
+        ``amp`` ``auto`` runs bf16 only where the CPU has it natively and the weights record that bf16
+        passed the default-path rule on their val split (:func:`seglab.core.runtime.resolve_inference_amp`;
+        the shipped CamVid model does), else fp32; ``none`` forces fp32, ``bf16`` forces bf16.
         """
         ckpt = read_checkpoint(path)
         meta = ckpt.meta
+        target = device if isinstance(device, torch.device) else select_device(device)
+        amp = resolve_inference_amp(amp, target, meta.verified_precisions)
         if task is not None:
             check_compatible(ckpt, meta.model_name, meta.num_classes, path, task=task)
         if meta.task == "instance":
@@ -115,7 +121,7 @@ class Segmenter(Predictor):
                    model_out_channels=meta.model_num_classes, fast=fast, tta=tta)
 
     @classmethod
-    def from_pretrained(cls, name: str, device: str = "auto", amp: str = "none", tile: Sequence[int] | None = None,
+    def from_pretrained(cls, name: str, device: str = "auto", amp: str = "auto", tile: Sequence[int] | None = None,
                         tile_overlap: int = 32, fast: bool = True, tta: TTA | bool | str | None = None,
                         score_threshold: float | None = None) -> Segmenter | InstanceSegmenter:
         """The trained weights named ``name`` (``segnet_basic.camvid``; ``seglab weights`` lists them)."""

@@ -59,6 +59,9 @@ class CheckpointMeta:
     task: str = "semantic"
     seglab_version: str = "unknown"
     config: dict[str, Any] = field(default_factory=dict)
+    # Reduced precisions ("bf16") that passed the default-path rule against fp32 on the val split
+    # (seglab.core.runtime.passes_default_rule); `seglab weights pack` checks and records them.
+    verified_precisions: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.model_num_classes = self.model_num_classes or self.num_classes

@@ -24,8 +24,8 @@ def load_segmenter(model: str, device: str = "auto", threads: int | None = None,
         seg = load_exported(model, backend, threads=threads, precision=precision)
         return seg, {"source": str(model), "onnx_metadata": {k: v for k, v in seg.metadata.items()
                                                                if k not in ("class_names", "palette")}}
-    if backend is not None or precision != "auto":
-        raise SeglabError("--backend and --precision choose the runtime of an exported model (.onnx or .xml from "
+    if backend is not None:
+        raise SeglabError("--backend chooses the runtime of an exported model (.onnx or .xml from "
                           f"`seglab export`); {model!r} is a checkpoint or weights name, served by PyTorch.")
     from seglab.inference.predictor import Segmenter
     from seglab.models.zoo import is_pretrained_name, pretrained_metadata
@@ -34,7 +34,8 @@ def load_segmenter(model: str, device: str = "auto", threads: int | None = None,
         import torch
 
         torch.set_num_threads(threads)
-    seg = Segmenter.from_checkpoint(model, device=device)  # an InstanceSegmenter for a Mask R-CNN checkpoint
+    # An InstanceSegmenter for a Mask R-CNN checkpoint. auto: bf16 only for weights verified in bf16.
+    seg = Segmenter.from_checkpoint(model, device=device, amp={"bf16": "bf16", "f32": "none"}.get(precision, "auto"))
     extra: dict[str, Any] = {"source": str(model)}
     if is_pretrained_name(model):
         meta = pretrained_metadata(model)

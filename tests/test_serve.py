@@ -15,6 +15,7 @@ pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installe
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
+import torch  # noqa: E402
 
 from seglab.apps.cli import main  # noqa: E402
 from seglab.apps.serve import ServeSettings, create_app  # noqa: E402
@@ -241,9 +242,12 @@ def test_serves_checkpoints_onnx_files_and_weights_names(tmp_path, seg) -> None:
             r = c.post("/v1/segment?format=labels", content=png(images[0]))
             mc = c.post("/v1/segment?mc_samples=2", content=png(images[0]))
         assert model["backend"] == (backend or ("onnxruntime" if source == onnx_file else "torch"))
+        assert model["precision"] == "fp32"  # a checkpoint with no bf16 check stays exact
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), loaded.predict(images[0]))
         _error(mc, 422, "mc_unsupported")  # neither this dropout-free model nor an ONNX graph can sample
     with pytest.raises(SeglabError, match="runtime of an exported model"):
         load_segmenter(str(ckpt), backend="openvino")
+    forced, _ = load_segmenter(str(ckpt), precision="bf16")  # asked for: bf16 autocast on the checkpoint
+    assert forced.amp_dtype == torch.bfloat16
     _, info = load_segmenter("unet.isbi2012")  # shipped weights by name carry their metadata
     assert info["weights"]["name"] == "unet.isbi2012" and "val_metrics" in info["weights"]

@@ -42,8 +42,9 @@ def _paths(weights: str, tmp: Path, overrides: list[str], calibration: int) -> d
     quantize_onnx(onnx_file, tmp / "model_int8.onnx", images, verbose=False)
     quantize_openvino(onnx_file, tmp / "model_int8.xml", images, verbose=False)
     paths: dict[str, Callable] = {
-        "torch eager fp32": Segmenter.from_checkpoint(weights, device="cpu", fast=False).predict,
-        "torch fast fp32": Segmenter.from_checkpoint(weights, device="cpu").predict,
+        # amp "none" explicitly: the default ("auto") is bf16 for weights verified in bf16.
+        "torch eager fp32": Segmenter.from_checkpoint(weights, device="cpu", fast=False, amp="none").predict,
+        "torch fast fp32": Segmenter.from_checkpoint(weights, device="cpu", amp="none").predict,
         "torch fast bf16": Segmenter.from_checkpoint(weights, device="cpu", amp="bf16").predict,
         "onnxruntime fp32": load_exported(onnx_file).predict,
         "onnxruntime int8 (QDQ)": load_exported(tmp / "model_int8.onnx").predict,

@@ -58,3 +58,19 @@ def test_shipped_val_figures_reproduce(name):
     for key in ("global_acc", "class_acc", "miou", "bf"):
         assert results[key] == pytest.approx(recorded[key], abs=2e-4), key
     json.dumps(results, default=str)  # the figures serialise as the JSON report does
+
+
+def test_the_camvid_model_runs_bf16_by_default_on_the_evidence_it_records():
+    """segnet_basic.camvid passed the bf16 check at packing (every val frame), so where the CPU has native
+    bf16 it predicts in bf16 by default; the check reproduces on a few val frames."""
+    from seglab.apps.weights import check_bf16
+
+    meta = zoo.pretrained_metadata("segnet_basic.camvid")
+    check = meta["precision_checks"]["bf16"]
+    assert check["passes_default_rule"] and check["images"] == 101 and check["agreement_pct"] >= 99
+    assert check["miou_change"] >= -0.5 and meta["checkpoint"]["verified_precisions"] == ["bf16"]
+    root = DATA["camvid"]
+    if not root.is_dir():
+        pytest.skip("needs the camvid data under ../shared/data (absent here)")
+    again = check_bf16("segnet_basic.camvid", ["--data.root", str(root), "--data.limit", "4"], "val")
+    assert again["images"] == 4 and again["agreement_pct"] >= 98.5, again

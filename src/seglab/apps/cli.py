@@ -205,6 +205,8 @@ def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     from seglab.inference.predictor import Segmenter
     from seglab.ops.tta import TTA
 
+    from seglab.core.runtime import amp_for_precision
+
     _no_extra(extra)
     tta = TTA.from_cli(args.tta, args.tta_scales)
     if tta is not None and args.mc_samples:
@@ -223,7 +225,7 @@ def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
         seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile,
                                         tile_overlap=args.tile_overlap, fast=not args.no_fast, tta=tta, task=args.task,
                                         score_threshold=args.score_threshold,
-                                        amp={"bf16": "bf16", "f32": "none"}.get(args.precision, "auto"))
+                                        amp=amp_for_precision(args.precision))
         if args.precision == "auto" and str(getattr(seg, "amp_dtype", None)) == "torch.bfloat16":
             print("seglab: bf16 on this CPU (these weights keep their val labels in bf16; --precision f32 for fp32)")
     if seg.task == "instance":

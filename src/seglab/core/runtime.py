@@ -13,7 +13,7 @@ import torch
 from seglab.core.errors import SeglabError
 
 __all__ = ["select_device", "resolve_amp", "autocast", "seed_everything", "rng_state", "set_rng_state", "cpu_supports_bf16",
-           "DEFAULT_MIN_AGREEMENT", "DEFAULT_MAX_MIOU_DROP", "passes_default_rule", "resolve_inference_amp"]
+           "DEFAULT_MIN_AGREEMENT", "DEFAULT_MAX_MIOU_DROP", "passes_default_rule", "resolve_inference_amp", "amp_for_precision"]
 
 #: The rule a reduced-precision path must pass on a trained model's val split before it may run by
 #: default: argmax agreement with fp32 of at least this many percent of the pixels ...
@@ -77,6 +77,11 @@ def resolve_inference_amp(spec: str, device: torch.device, verified: list[str] |
     if device.type == "cpu" and "bf16" in verified and cpu_supports_bf16():
         return "bf16"
     return "none"
+
+
+def amp_for_precision(precision: str) -> str:
+    """The autocast spec of a command line's ``--precision`` (``auto`` | ``f32`` | ``bf16``) for PyTorch."""
+    return {"bf16": "bf16", "f32": "none"}.get(precision, "auto")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -27,6 +27,7 @@ def load_segmenter(model: str, device: str = "auto", threads: int | None = None,
     if backend is not None:
         raise SeglabError("--backend chooses the runtime of an exported model (.onnx or .xml from "
                           f"`seglab export`); {model!r} is a checkpoint or weights name, served by PyTorch.")
+    from seglab.core.runtime import amp_for_precision
     from seglab.inference.predictor import Segmenter
     from seglab.models.zoo import is_pretrained_name, pretrained_metadata
 
@@ -35,7 +36,7 @@ def load_segmenter(model: str, device: str = "auto", threads: int | None = None,
 
         torch.set_num_threads(threads)
     # An InstanceSegmenter for a Mask R-CNN checkpoint. auto: bf16 only for weights verified in bf16.
-    seg = Segmenter.from_checkpoint(model, device=device, amp={"bf16": "bf16", "f32": "none"}.get(precision, "auto"))
+    seg = Segmenter.from_checkpoint(model, device=device, amp=amp_for_precision(precision))
     extra: dict[str, Any] = {"source": str(model)}
     if is_pretrained_name(model):
         meta = pretrained_metadata(model)

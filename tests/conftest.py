@@ -24,3 +24,15 @@ def _isolated_seglab_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch
     cache = tmp_path_factory.mktemp("seglab-cache")
     monkeypatch.setenv("SEGLAB_CACHE_DIR", str(cache))
     return cache
+
+
+@pytest.fixture(autouse=True)
+def _torch_backend_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep ``backend="auto"`` on PyTorch in the pytest process (``SEGLAB_BACKEND=torch``).
+
+    Trained weights that ship an int8 OpenVINO model run in OpenVINO by default, and OpenVINO loaded
+    beside in-process training once crashed the suite (tests/test_openvino.py). The OpenVINO cases,
+    run in a process of their own, test that default as users get it.
+    """
+    if request.module.__name__.rsplit(".", 1)[-1] != "openvino_cases":
+        monkeypatch.setenv("SEGLAB_BACKEND", "torch")

@@ -190,3 +190,97 @@ def test_serve_answers_from_openvino(files) -> None:
         reply = client.post("/v1/segment?format=labels", content=buffer.getvalue())
     assert model["backend"] == "openvino" and reply.status_code == 200
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(reply.content))), seg.predict(image))
+
+
+@pytest.fixture()
+def packed_int8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """pack_weights with int8 into a temporary weights folder; ``pack(passes)`` forces the rule's verdict."""
+    from seglab.apps import weights as packing
+    from seglab.core.config import load_config
+    from seglab.engine.trainer import train
+    from seglab.models import zoo
+
+    cfg = load_config(None, ["--model.name", "segnet_basic", "--data.synthetic_train", "8", "--data.synthetic_val", "3",
+                             "--data.synthetic_size", "[48, 64]", "--train.epochs", "1", "--train.batch_size", "4",
+                             "--train.threads", "1", "--train.amp", "none", "--train.out_dir", str(tmp_path),
+                             "--train.run_name", "run"])
+    checkpoint = train(cfg).best_checkpoint
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path / "weights")
+    zoo.pretrained_entries.cache_clear()
+
+    def pack(passes: bool):
+        monkeypatch.setattr(packing, "passes_default_rule", lambda agreement, change: passes)
+        return packing.pack_weights(checkpoint, "segnet_basic.tiny", commit="abc123")
+
+    yield pack, tmp_path / "weights"
+    zoo.pretrained_entries.cache_clear()
+
+
+def test_pack_ships_a_passing_int8_model_and_auto_runs_it(packed_int8, capsys) -> None:
+    from seglab.inference.auto import describe_predictor, load_predictor
+    from seglab.models import zoo
+
+    pack, folder = packed_int8
+    entry = pack(True)
+    check = zoo.pretrained_metadata("segnet_basic.tiny")["precision_checks"]["int8_openvino"]
+    assert check["split"] == "val" and check["images"] == 3 and check["calibration_images"] == 8  # all of train
+    assert check["miou_change"] == pytest.approx(check["miou"] - check["miou_fp32"])
+    assert entry.openvino_int8["xml"] == "segnet_basic.tiny.int8.xml" and (folder / "segnet_basic.tiny.int8.bin").is_file()
+    assert "int8_openvino" in zoo.pretrained_metadata("segnet_basic.tiny")["checkpoint"]["verified_precisions"]
+    assert "ships as segnet_basic.tiny.int8.xml" in capsys.readouterr().out
+
+    seg = load_predictor("segnet_basic.tiny")
+    assert isinstance(seg, OpenVinoSegmenter) and describe_predictor(seg) == "openvino on cpu, int8 (f32 elsewhere)"
+    direct = OpenVinoSegmenter(folder / "segnet_basic.tiny.int8.xml", precision="f32")
+    np.testing.assert_array_equal(seg.predict(_image(3, SIZE)), direct.predict(_image(3, SIZE)))
+    assert isinstance(load_predictor("segnet_basic.tiny", precision="f32"), Segmenter)  # an explicit precision: torch
+    assert isinstance(load_predictor("segnet_basic.tiny", tta=True), Segmenter)
+
+    entry = pack(False)  # a failing check ships nothing, and removes what the last pack shipped
+    assert entry.openvino_int8 is None and not (folder / "segnet_basic.tiny.int8.xml").exists()
+    assert isinstance(load_predictor("segnet_basic.tiny"), Segmenter)
+
+
+def test_an_unreadable_shipped_int8_model_falls_back_to_pytorch(packed_int8) -> None:
+    from seglab.inference.auto import choose_backend, load_predictor
+    from seglab.models import zoo
+
+    pack, folder = packed_int8
+    entry = pack(True)
+    xml = folder / entry.openvino_int8["xml"]
+    xml.write_text("<net>not a model</net>")  # e.g. an IR newer than the installed OpenVINO reads
+    import dataclasses
+
+    from seglab.models.weights import file_sha256
+
+    ir = {**entry.openvino_int8, "xml_sha256": file_sha256(xml)}
+    zoo.register_entry(dataclasses.replace(entry, openvino_int8=ir), folder)
+    assert choose_backend("segnet_basic.tiny").backend == "openvino"
+    with pytest.warns(RuntimeWarning, match="predicting with PyTorch instead"):
+        seg = load_predictor("segnet_basic.tiny")
+    assert isinstance(seg, Segmenter)
+    with pytest.raises(SeglabError, match="OpenVINO cannot read"):
+        load_predictor("segnet_basic.tiny", "openvino")  # asked for by name: no silent fallback
+
+
+def test_the_shipped_camvid_model_predicts_in_verified_int8_by_default(shared_data: Path, tmp_path: Path, capsys) -> None:
+    """segnet_basic.camvid ships an int8 OpenVINO model that passed the rule on all of val; by default
+    predict and serve run it, and its labels stay those of fp32 PyTorch."""
+    from PIL import Image
+
+    from seglab.apps.cli import main
+    from seglab.apps.serve.server import load_segmenter
+    from seglab.models import zoo
+
+    check = zoo.pretrained_metadata("segnet_basic.camvid")["precision_checks"]["int8_openvino"]
+    assert check["images"] == 101 and check["passes_default_rule"] and check["agreement_pct"] >= 99
+    frame = sorted((shared_data / "camvid" / "val").glob("*.png"))[40]
+    image = np.asarray(Image.open(frame).convert("RGB"))
+    Image.fromarray(image).save(tmp_path / "street.png")
+    assert main(["predict", "segnet_basic.camvid", str(tmp_path / "street.png"), "--out", str(tmp_path / "out")]) == 0
+    assert "predicting with openvino on cpu, int8" in capsys.readouterr().out
+    labels = np.asarray(Image.open(tmp_path / "out" / "street_labels.png"))
+    fp32 = Segmenter.from_pretrained("segnet_basic.camvid", device="cpu", amp="none").predict(image)
+    assert np.mean(labels == fp32) >= 0.97  # one frame; val-wide agreement is the check above
+    seg, _ = load_segmenter("segnet_basic.camvid")
+    assert seg.backend == "openvino"

@@ -245,7 +245,7 @@ def test_serves_checkpoints_onnx_files_and_weights_names(tmp_path, seg) -> None:
         assert model["precision"] == "fp32"  # a checkpoint with no bf16 check stays exact
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), loaded.predict(images[0]))
         _error(mc, 422, "mc_unsupported")  # neither this dropout-free model nor an ONNX graph can sample
-    with pytest.raises(SeglabError, match="runtime of an exported model"):
+    with pytest.raises(SeglabError, match="is a checkpoint: export it first"):
         load_segmenter(str(ckpt), backend="openvino")
     forced, _ = load_segmenter(str(ckpt), precision="bf16")  # asked for: bf16 autocast on the checkpoint
     assert forced.amp_dtype == torch.bfloat16

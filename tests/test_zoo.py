@@ -43,7 +43,8 @@ def weights_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_pack_then_load_by_name_everywhere(trained, weights_dir, tmp_path, capsys):
-    entry = pack_weights(trained, "unet.tiny", recipe="inline", commit="abc123", also_splits=["train"])
+    entry = pack_weights(trained, "unet.tiny", recipe="inline", commit="abc123", also_splits=["train"],
+                         int8=False)  # NNCF stays out of this process: tests/openvino_cases.py packs int8
     assert (weights_dir / "unet.tiny.safetensors").stat().st_size == entry.size
     assert zoo.list_pretrained() == ["unet.tiny"]
     state, meta = zoo.read_pretrained("unet.tiny")
@@ -84,7 +85,7 @@ def test_pack_then_load_by_name_everywhere(trained, weights_dir, tmp_path, capsy
 
 
 def test_bad_names_and_files(trained, weights_dir, capsys):
-    pack_weights(trained, "unet.tiny", commit="abc123")
+    pack_weights(trained, "unet.tiny", commit="abc123", int8=False)
     with pytest.raises(SeglabError, match="No trained weights named 'unet.tinny'.*Did you mean.*unet.tiny"):
         Segmenter.from_pretrained("unet.tinny")
     assert main(["predict", "unet.tinny", "x.png", "--out", str(weights_dir / "pred")]) == 2
@@ -106,7 +107,8 @@ def test_bad_names_and_files(trained, weights_dir, capsys):
 
 def test_large_weights_download_from_a_url_into_the_cache(trained, weights_dir, tmp_path):
     published = tmp_path / "published"
-    entry = pack_weights(trained, "unet.big", out_dir=published, url="file://placeholder", commit="abc123")
+    entry = pack_weights(trained, "unet.big", out_dir=published, url="file://placeholder", commit="abc123",
+                         int8=False)
     # Publish the file and list it (not shipped) in the package's index with its URL.
     url = (published / entry.file).as_uri()
     zoo.register_entry(zoo.PretrainedEntry(entry.name, entry.file, entry.sha256, entry.size, url), weights_dir)
@@ -141,3 +143,51 @@ def test_auto_precision_is_bf16_only_for_weights_verified_in_bf16(trained, tmp_p
     assert runtime.resolve_inference_amp("auto", torch.device("cuda"), ["bf16"]) == "none"  # a CPU check
     assert runtime.passes_default_rule(99.0, -0.5) and not runtime.passes_default_rule(98.99, 0.0)
     assert not runtime.passes_default_rule(99.5, -0.51)
+
+
+def test_auto_backend_picks_a_shipped_int8_model_only_when_nothing_rules_it_out(trained, weights_dir, monkeypatch):
+    """choose_backend's rules, without loading OpenVINO (tests/openvino_cases.py runs the model itself)."""
+    import dataclasses
+
+    from seglab.inference import auto
+    from seglab.models.weights import file_sha256
+
+    entry = pack_weights(trained, "unet.tiny", commit="abc123", int8=False)
+    for suffix in ("xml", "bin"):  # stand-ins: only their names and sha256s are read here
+        (weights_dir / f"unet.tiny.int8.{suffix}").write_text(f"<{suffix}/>")
+    ir = {"xml": "unet.tiny.int8.xml", "bin": "unet.tiny.int8.bin",
+          "xml_sha256": file_sha256(weights_dir / "unet.tiny.int8.xml"),
+          "bin_sha256": file_sha256(weights_dir / "unet.tiny.int8.bin")}
+    zoo.register_entry(dataclasses.replace(entry, openvino_int8=ir), weights_dir)
+    monkeypatch.delenv("SEGLAB_BACKEND")
+    monkeypatch.setattr(auto, "_openvino_installed", lambda: True)
+    monkeypatch.setattr(auto, "_cuda_available", lambda: False)
+
+    choice = auto.choose_backend("unet.tiny")
+    assert choice.backend == "openvino" and choice.openvino_ir == weights_dir / "unet.tiny.int8.xml"
+    ruled_out = [({"precision": "f32"}, "--precision f32"), ({"device": "cuda"}, "device cuda"),
+                 ({"torch_only": "--tta"}, "--tta")]
+    for kwargs, why in ruled_out:
+        choice = auto.choose_backend("unet.tiny", **kwargs)
+        assert choice.backend == "torch" and why in choice.reason, kwargs
+    assert auto.choose_backend(str(trained)).backend == "torch"  # a checkpoint carries no verified int8 model
+    assert auto.choose_backend("unet.tiny", "torch").backend == "torch"
+    monkeypatch.setenv("SEGLAB_BACKEND", "torch")
+    assert "SEGLAB_BACKEND=torch" in auto.choose_backend("unet.tiny").reason
+    monkeypatch.delenv("SEGLAB_BACKEND")
+    monkeypatch.setattr(auto, "_openvino_installed", lambda: False)
+    assert "not installed" in auto.choose_backend("unet.tiny").reason
+
+    with pytest.raises(SeglabError, match="--tta needs the torch backend"):
+        auto.choose_backend("unet.tiny", "openvino", torch_only="--tta")
+    with pytest.raises(SeglabError, match="is a checkpoint: export it first"):
+        auto.choose_backend(str(trained), "openvino")
+    with pytest.raises(SeglabError, match="is an exported model"):
+        auto.choose_backend("model.onnx", "torch")
+    (weights_dir / "unet.tiny.int8.bin").write_text("damaged")
+    with pytest.raises(SeglabError, match="OpenVINO int8 weights of 'unet.tiny'.*does not match its sha256"):
+        auto.choose_backend("unet.tiny", "openvino")
+    zoo.register_entry(entry, weights_dir)  # packed without int8: auto stays on PyTorch, openvino is refused
+    assert "no int8 OpenVINO model" in auto.choose_backend("unet.tiny").reason
+    with pytest.raises(SeglabError, match="ships no int8 OpenVINO model"):
+        auto.choose_backend("unet.tiny", "openvino")

@@ -6,6 +6,7 @@ Example:
     >>> cfg = seglab.load_config("configs/segnet_basic_camvid.yaml", ["--data.root", "../shared/data/camvid"])
     >>> result = seglab.train(cfg)
     >>> labels = seglab.Segmenter.from_checkpoint(result.best_checkpoint).predict("street.png")
+    >>> fastest = seglab.load_predictor("segnet_basic.camvid")  # the default path: int8 OpenVINO where verified
 
 The names below are imported on first use, so ``import seglab`` (and ``seglab --help``) stays
 cheap: torch, torchvision, scipy and scikit-image load only when something needs them.
@@ -26,6 +27,7 @@ _EXPORTS = {
     "train": "seglab.engine.trainer",
     "TrainResult": "seglab.engine.trainer",
     "Segmenter": "seglab.inference.predictor",
+    "load_predictor": "seglab.inference.auto",
     "create_model": "seglab.models.registry",
     "list_models": "seglab.models.registry",
 }
@@ -36,6 +38,7 @@ if TYPE_CHECKING:  # names for type checkers and IDEs; loaded lazily at run time
     from seglab.core.config import Config, load_config  # noqa: F401
     from seglab.core.errors import SeglabError  # noqa: F401
     from seglab.engine.trainer import TrainResult, train  # noqa: F401
+    from seglab.inference.auto import load_predictor  # noqa: F401
     from seglab.inference.predictor import Segmenter  # noqa: F401
     from seglab.models.registry import create_model, list_models  # noqa: F401
 

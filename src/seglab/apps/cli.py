@@ -64,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto")
     add_exported_arguments(pr, ("torch", "onnxruntime", "openvino"),
                             "onnxruntime and openvino take a file written by `seglab export` (.onnx, or the "
-                            "OpenVINO .xml of --quantizer nncf) instead of a checkpoint (default: torch, or "
-                            "the file's runtime)")
+                            "OpenVINO .xml of --quantizer nncf) instead of a checkpoint, or trained weights that "
+                            "ship an int8 OpenVINO model (default auto: that model where OpenVINO is installed and "
+                            "no PyTorch-only option is given, an exported file's own runtime, else torch)")
     pr.add_argument("--no-fast", action="store_true", help="plain eager model instead of the inference fast path")
     pr.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"),
                     help="overlap-tile inference with mirror padding (automatic for unet_valid)")
@@ -143,6 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     wp.add_argument("--split", default="val", help="split to score it on (default: val)")
     wp.add_argument("--also-split", action="append", default=[], metavar="SPLIT",
                     help="another split to score and record, e.g. train:0001TP (a sequence held out of training)")
+    wp.add_argument("--no-int8", action="store_true",
+                    help="skip the int8 OpenVINO model (made, checked and shipped when it passes, where OpenVINO is installed)")
 
     from seglab.apps.serve.settings import add_serve_arguments  # argparse only: keeps --help fast
 
@@ -202,32 +205,20 @@ def _cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
     from seglab.apps.instance_predict import predict_instances_to_files
     from seglab.apps.predict import predict_to_files
     from seglab.apps.video import is_video, predict_videos
-    from seglab.inference.predictor import Segmenter
+    from seglab.inference.auto import describe_predictor, load_predictor
     from seglab.ops.tta import TTA
-
-    from seglab.core.runtime import amp_for_precision
 
     _no_extra(extra)
     tta = TTA.from_cli(args.tta, args.tta_scales)
     if tta is not None and args.mc_samples:
         raise SeglabError("--tta and --mc-samples cannot be combined: choose one.")
     video = args.video or any(is_video(item) for item in args.inputs)
-    from seglab.inference.exported import is_exported_file, load_exported
-
-    if args.backend != "torch" and (args.backend or is_exported_file(args.checkpoint)):
-        if args.mc_samples or tta is not None or args.task == "instance" or args.score_threshold is not None:
-            raise SeglabError("--mc-samples, --tta, --task instance and --score-threshold need the torch backend: "
-                              "predict from the checkpoint (or score an ONNX file with `seglab evaluate CKPT --onnx FILE`).")
-        seg = load_exported(args.checkpoint, args.backend, precision=args.precision, tile=args.tile,
-                            tile_overlap=args.tile_overlap)
-    else:
-        # auto: bf16 only for weights whose val check recorded that it keeps the labels (else fp32).
-        seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile,
-                                        tile_overlap=args.tile_overlap, fast=not args.no_fast, tta=tta, task=args.task,
-                                        score_threshold=args.score_threshold,
-                                        amp=amp_for_precision(args.precision))
-        if args.precision == "auto" and str(getattr(seg, "amp_dtype", None)) == "torch.bfloat16":
-            print("seglab: bf16 on this CPU (these weights keep their val labels in bf16; --precision f32 for fp32)")
+    # auto: a shipped int8 OpenVINO model verified on val, else PyTorch (bf16 only where verified), else fp32.
+    seg = load_predictor(args.checkpoint, args.backend, device=args.device, precision=args.precision, tile=args.tile,
+                         tile_overlap=args.tile_overlap, fast=not args.no_fast, tta=tta, task=args.task,
+                         score_threshold=args.score_threshold,
+                         torch_only="--mc-samples" if args.mc_samples else None)
+    print(f"seglab: predicting with {describe_predictor(seg)}")
     if seg.task == "instance":
         if args.mc_samples or video:
             raise SeglabError(f"{'--mc-samples' if args.mc_samples else 'Video prediction'} applies to semantic "
@@ -316,7 +307,8 @@ def _cmd_weights(args: argparse.Namespace, extra: list[str]) -> int:
 
     if args.weights_command == "pack":
         pack_weights(args.checkpoint, args.name, out_dir=args.out_dir, recipe=args.recipe, commit=args.commit,
-                     url=args.url, overrides=extra, split=args.split, also_splits=args.also_split)
+                     url=args.url, overrides=extra, split=args.split, also_splits=args.also_split,
+                     int8=not args.no_int8)
     else:
         _no_extra(extra)
         print(format_weights_table())

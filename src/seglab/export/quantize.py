@@ -33,8 +33,12 @@ QUANTIZED_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 #: OpenVINO op types NNCF must leave in float: SegNet's pooling-code logic (comparisons and the maxima
 #: they compare, selects, the nearest spread of the unpooling). Quantizing them turns near-ties into
 #: ties and moves the switches: on the shipped CamVid model, argmax agreement with fp32 fell from
-#: 98.9 % to 85 %.
-NNCF_IGNORED_TYPES: tuple[str, ...] = ("Select", "Equal", "Greater", "Maximum", "IsNaN", "LogicalOr", "Interpolate")
+#: 98.9 % to 85 %. Elementwise arithmetic (the local contrast normalisation's subtract, divide and
+#: square root, the unpooling's masks) carries no weights, so int8 buys it nothing; kept in float it
+#: raised that model's agreement over CamVid val from 99.01 % to 99.46 % (mIoU -0.04 -> -0.08, within
+#: noise) at the same latency.
+NNCF_IGNORED_TYPES: tuple[str, ...] = ("Select", "Equal", "Greater", "Maximum", "IsNaN", "LogicalOr", "Interpolate",
+                                       "Subtract", "Divide", "Multiply", "ReduceMean", "Sqrt", "Power")
 
 
 def float_input_norm_nodes(onnx_path: str | Path) -> list[str]:

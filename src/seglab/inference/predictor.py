@@ -124,7 +124,9 @@ class Segmenter(Predictor):
     def from_pretrained(cls, name: str, device: str = "auto", amp: str = "auto", tile: Sequence[int] | None = None,
                         tile_overlap: int = 32, fast: bool = True, tta: TTA | bool | str | None = None,
                         score_threshold: float | None = None) -> Segmenter | InstanceSegmenter:
-        """The trained weights named ``name`` (``segnet_basic.camvid``; ``seglab weights`` lists them)."""
+        """The trained weights named ``name`` (``segnet_basic.camvid``; ``seglab weights`` lists them), in
+        PyTorch. :func:`seglab.load_predictor` (what ``seglab predict`` runs) gives the default path instead:
+        the int8 OpenVINO model shipped with the weights where it was verified and OpenVINO is installed."""
         get_pretrained(name)  # a clear error, with the close names, for a name that does not exist
         return cls.from_checkpoint(name, device=device, amp=amp, tile=tile, tile_overlap=tile_overlap, fast=fast,
                                    tta=tta, score_threshold=score_threshold)

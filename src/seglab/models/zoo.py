@@ -8,6 +8,12 @@ normalisation, training size, recipe, commit, training time and hardware, val me
 and fp16) is in the safetensors header under the key ``seglab``, written by
 ``seglab weights pack``. Loading verifies the sha256 and returns fp32 tensors.
 
+An entry may also ship its OpenVINO int8 model (``<name>.int8.xml`` + ``.bin``, NNCF-quantized
+from the same weights), listed under ``openvino_int8`` with both files' sha256. Packing writes it
+only when it passed the default-path rule on the val split against fp32
+(:func:`seglab.core.runtime.passes_default_rule`), so :func:`pretrained_openvino_ir` returns
+nothing unverified.
+
 Example:
     >>> from seglab.models.zoo import list_pretrained, read_pretrained
     >>> state, meta = read_pretrained("unet.isbi2012")            # doctest: +SKIP
@@ -30,7 +36,8 @@ from seglab.core.errors import SeglabError, did_you_mean
 from seglab.models.weights import cached_download, file_sha256
 
 __all__ = ["WEIGHTS_DIR", "WEIGHTS_FORMAT", "PretrainedEntry", "get_pretrained", "is_pretrained_name",
-           "list_pretrained", "pretrained_entries", "pretrained_metadata", "read_pretrained", "read_weights_file",
+           "list_pretrained", "pretrained_entries", "pretrained_metadata", "pretrained_openvino_ir", "read_pretrained",
+           "read_weights_file",
            "register_entry", "resolve_pretrained", "write_weights_file"]
 
 #: Where shipped weights live (package data).
@@ -49,6 +56,8 @@ class PretrainedEntry:
     sha256: str
     size: int  # bytes
     url: str | None = None  # set for weights that are downloaded, not shipped
+    #: The verified OpenVINO int8 model beside a shipped entry: {"xml": file, "xml_sha256": ..., "bin": ..., "bin_sha256": ...}
+    openvino_int8: dict[str, str] | None = None
 
     @property
     def model(self) -> str:
@@ -96,14 +105,29 @@ def _entry_path(entry: PretrainedEntry) -> Path:
     if entry.url is not None:
         return cached_download(entry.url, sha256=entry.sha256, progress=True, option="weights",
                                described=f"{entry.name!r}")
-    path = WEIGHTS_DIR / entry.file
+    return _checked_file(entry, entry.file, entry.sha256, "weights file")
+
+
+def _checked_file(entry: PretrainedEntry, file: str, sha256: str, what: str) -> Path:
+    path = WEIGHTS_DIR / file
     if not path.is_file():
-        raise SeglabError(f"The weights file of {entry.name!r} ({path}) is missing from the installed package; "
+        raise SeglabError(f"The {what} of {entry.name!r} ({path}) is missing from the installed package; "
                           "reinstall seglab (pip install --force-reinstall seglab).")
-    if file_sha256(path) != entry.sha256:
-        raise SeglabError(f"The weights file of {entry.name!r} ({path}) does not match its sha256 in "
+    if file_sha256(path) != sha256:
+        raise SeglabError(f"The {what} of {entry.name!r} ({path}) does not match its sha256 in "
                           f"{_index_path()}: it is damaged; reinstall seglab.")
     return path
+
+
+def pretrained_openvino_ir(name: str) -> Path | None:
+    """The checked ``.xml`` of the OpenVINO int8 model shipped with ``name`` (its ``.bin`` beside it,
+    checked too), or None when the entry has none (not packed with one, or downloaded weights)."""
+    entry = get_pretrained(name)
+    ir = entry.openvino_int8
+    if not ir or entry.url is not None:
+        return None
+    _checked_file(entry, ir["bin"], ir["bin_sha256"], "OpenVINO int8 weights")
+    return _checked_file(entry, ir["xml"], ir["xml_sha256"], "OpenVINO int8 graph")
 
 
 def _open_weights_file(path: Path, tensors: bool) -> tuple[dict[str, Tensor], dict[str, Any]]:

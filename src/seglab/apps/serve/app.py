@@ -34,6 +34,7 @@ from seglab.apps.serve.settings import ServeSettings
 from seglab.apps.serve.upload import read_upload
 from seglab.core.errors import SeglabError
 from seglab.core.version import __version__
+from seglab.inference.auto import predictor_precision
 
 __all__ = ["create_app", "model_info"]
 
@@ -57,22 +58,13 @@ def model_info(segmenter: Any, extra: dict[str, Any] | None = None) -> dict[str,
     else:
         extra = {"formats": ["json", "labels", "color", "overlay"], **(extra or {})}
     return {"task": getattr(segmenter, "task", "semantic"), "name": segmenter.model_name, "seglab_version": __version__,
-            "backend": getattr(segmenter, "backend", "torch"), "precision": _precision(segmenter),
+            "backend": getattr(segmenter, "backend", "torch"), "precision": predictor_precision(segmenter),
             "num_classes": segmenter.num_classes,
             "classes": [{"id": i, "name": n, "color": list(segmenter.palette[i]) if i < len(segmenter.palette)
                          else [0, 0, 0]} for i, n in enumerate(segmenter.class_names)],
             "normalisation": {"mean": [round(float(v), 6) for v in segmenter.mean.flatten()],
                               "std": [round(float(v), 6) for v in segmenter.std.flatten()]},
             "infer_size": getattr(segmenter, "infer_size", None), "mc_dropout": _has_dropout(segmenter), **extra}
-
-
-def _precision(segmenter: Any) -> str:
-    """The compute precision predictions run at: a PyTorch predictor's autocast dtype, or an exported model's."""
-    if hasattr(segmenter, "amp_dtype"):
-        return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(segmenter.amp_dtype), "fp32")
-    metadata = getattr(segmenter, "metadata", None)
-    base = str(getattr(segmenter, "precision", "fp32"))
-    return f"int8 ({base} elsewhere)" if isinstance(metadata, dict) and metadata.get("quantization") else base
 
 
 def _has_dropout(segmenter: Any) -> bool:

@@ -15,30 +15,20 @@ def load_segmenter(model: str, device: str = "auto", threads: int | None = None,
                    precision: str = "auto") -> tuple[Any, dict[str, Any]]:
     """``(predictor, extra model info)`` for a checkpoint path (semantic or instance), an exported ``.onnx``
     file (onnxruntime, or OpenVINO with ``backend="openvino"``), an OpenVINO IR ``.xml`` or trained
-    weights by name (``unet.isbi2012``)."""
-    from seglab.inference.exported import is_exported_file, load_exported
-
-    if is_exported_file(model):
-        if not Path(model).is_file():
-            raise SeglabError(f"Exported model {model!r} does not exist; write one with `seglab export CKPT --out FILE`.")
-        seg = load_exported(model, backend, threads=threads, precision=precision)
-        return seg, {"source": str(model), "onnx_metadata": {k: v for k, v in seg.metadata.items()
-                                                               if k not in ("class_names", "palette")}}
-    if backend is not None:
-        raise SeglabError("--backend chooses the runtime of an exported model (.onnx or .xml from "
-                          f"`seglab export`); {model!r} is a checkpoint or weights name, served by PyTorch.")
-    from seglab.core.runtime import amp_for_precision
-    from seglab.inference.predictor import Segmenter
+    weights by name (``unet.isbi2012``), in the runtime :func:`seglab.inference.auto.load_predictor` picks."""
+    from seglab.inference.auto import load_predictor
+    from seglab.inference.exported import is_exported_file
     from seglab.models.zoo import is_pretrained_name, pretrained_metadata
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    # An InstanceSegmenter for a Mask R-CNN checkpoint. auto: bf16 only for weights verified in bf16.
-    seg = Segmenter.from_checkpoint(model, device=device, amp=amp_for_precision(precision))
+    if is_exported_file(model) and not Path(model).is_file():
+        raise SeglabError(f"Exported model {model!r} does not exist; write one with `seglab export CKPT --out FILE`.")
+    # auto: a shipped int8 OpenVINO model verified on val, else PyTorch (bf16 only where verified), else fp32.
+    # An InstanceSegmenter for a Mask R-CNN checkpoint.
+    seg = load_predictor(model, backend, device=device, precision=precision, threads=threads)
     extra: dict[str, Any] = {"source": str(model)}
-    if is_pretrained_name(model):
+    if is_exported_file(model):
+        extra["onnx_metadata"] = {k: v for k, v in seg.metadata.items() if k not in ("class_names", "palette")}
+    elif is_pretrained_name(model):
         meta = pretrained_metadata(model)
         extra["weights"] = {k: v for k, v in meta.items() if k not in ("class_names", "palette", "config", "checkpoint")}
     return seg, extra

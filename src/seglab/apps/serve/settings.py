@@ -103,5 +103,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instance models: default detection score threshold of requests (default 0.5)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch / onnxruntime / OpenVINO threads (default: all cores)")
-    add_exported_arguments(parser, ("onnxruntime", "openvino"),
-                           "runtime of an exported model (default: onnxruntime for .onnx, openvino for .xml)")
+    add_exported_arguments(parser, ("torch", "onnxruntime", "openvino"),
+                           "runtime (default auto: onnxruntime for .onnx, openvino for .xml; trained weights that ship "
+                           "an int8 OpenVINO model run it where OpenVINO is installed; else torch)")

@@ -15,6 +15,9 @@ Makes a 4000 x 3000 (W x H) test image, a CamVid validation frame scaled up (bic
 * ``startup``: the CLI on the original 480x360 frame (interpreter, torch, model and PNG writing:
   the floor under every other row).
 
+Every row runs PyTorch in fp32 (``--backend torch --precision f32``): the default path of the
+shipped weights (OpenVINO int8 or bf16, :mod:`seglab.inference.auto`) would change the figures.
+
 Each process runs under ``/usr/bin/time -v`` (peak RSS = the kernel's ``ru_maxrss`` of the
 predicting process, wall time = the whole command, start-up included) with an address-space cap
 (``--mem-limit-gb``, default 12: torch's own mappings take ~3.5 GB of it, so resident memory stays
@@ -48,7 +51,7 @@ _WHOLE_NATIVE = (
     "import sys\n"
     "from seglab.apps.predict import predict_to_files\n"
     "from seglab.inference.predictor import Segmenter\n"
-    "seg = Segmenter.from_pretrained(sys.argv[1], device='cpu')\n"
+    "seg = Segmenter.from_pretrained(sys.argv[1], device='cpu', amp='none')\n"
     "seg.infer_size = None  # one pass at the image's own size instead of the checkpoint's 180x240\n"
     "files = predict_to_files(seg, [sys.argv[2]], sys.argv[3])\n"
     "print(f'wrote {len(files)} files')\n"
@@ -174,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     image = work / f"large_{args.size[0]}x{args.size[1]}.png"
     source = make_image(image, Path(args.camvid), tuple(args.size))
-    cli = [sys.executable, "-m", "seglab", "predict", WEIGHTS]
+    # PyTorch in fp32, as the documented figures: by default the CLI runs the weights' verified faster path.
+    cli = [sys.executable, "-m", "seglab", "predict", WEIGHTS, "--backend", "torch", "--precision", "f32"]
     cases: list[tuple[str, list[str], str]] = []
     if Path(args.camvid).is_file():
         cases.append(("startup (480x360 frame, CLI)", [*cli, args.camvid, "--out", str(work / "startup"),

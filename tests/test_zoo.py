@@ -191,3 +191,14 @@ def test_auto_backend_picks_a_shipped_int8_model_only_when_nothing_rules_it_out(
     assert "no int8 OpenVINO model" in auto.choose_backend("unet.tiny").reason
     with pytest.raises(SeglabError, match="ships no int8 OpenVINO model"):
         auto.choose_backend("unet.tiny", "openvino")
+
+
+def test_models_with_dropout_keep_pytorch_as_their_default(tmp_path, weights_dir, capsys):
+    """No int8 model is made for a Monte-Carlo dropout model: sampling needs PyTorch (and NNCF never loads here)."""
+    cfg = load_config(None, ["--model.name", "bayesian_segnet_basic", "--data.synthetic_train", "4",
+                             "--data.synthetic_val", "2", "--data.synthetic_size", "[32, 48]", "--train.epochs", "1",
+                             "--train.batch_size", "4", "--train.threads", "1", "--train.amp", "none",
+                             "--train.out_dir", str(tmp_path), "--train.run_name", "run"])
+    entry = pack_weights(train(cfg).best_checkpoint, "bayesian_segnet_basic.tiny", commit="abc123")
+    assert entry.openvino_int8 is None and "int8_openvino" not in zoo.pretrained_metadata(entry.name)["precision_checks"]
+    assert "no int8 OpenVINO model: the model has dropout" in capsys.readouterr().out

@@ -36,7 +36,8 @@ from seglab.core.runtime import passes_default_rule
 from seglab.engine.logging import json_safe
 from seglab.models import zoo
 from seglab.models.zoo import PretrainedEntry, list_pretrained, register_entry, write_weights_file
-from seglab.tasks.checkpoint import checkpoint_config, read_checkpoint
+from seglab.ops.contract import has_dropout
+from seglab.tasks.checkpoint import checkpoint_config, model_from_checkpoint, read_checkpoint
 
 __all__ = ["INT8_CALIBRATION_IMAGES", "MAX_SHIPPED_BYTES", "check_bf16", "check_openvino_int8", "format_weights_table",
            "pack_weights"]
@@ -242,6 +243,8 @@ def pack_weights(checkpoint: str | Path, name: str, *, out_dir: str | Path | Non
             metadata["precision_checks"] = {"bf16": check}
             metadata["checkpoint"]["verified_precisions"] = ["bf16"] if check["passes_default_rule"] else []
             missing = ("not asked for (--no-int8)" if not int8 else "downloaded weights ship no int8 model" if url
+                       else "the model has dropout: Monte-Carlo sampling (predict --mc-samples, serve's mc_samples) "
+                            "needs PyTorch, so it stays the default" if has_dropout(model_from_checkpoint(ckpt))
                        else openvino_int8_missing())
             if missing:
                 print(f"seglab: no int8 OpenVINO model: {missing}", flush=True)

@@ -36,3 +36,5 @@ def _torch_backend_in_process(request: pytest.FixtureRequest, monkeypatch: pytes
     """
     if request.module.__name__.rsplit(".", 1)[-1] != "openvino_cases":
         monkeypatch.setenv("SEGLAB_BACKEND", "torch")
+    else:  # inherited from the pytest process that started this one (tests/test_openvino.py)
+        monkeypatch.delenv("SEGLAB_BACKEND", raising=False)

@@ -107,9 +107,11 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _compare_on_split(weights: str | Path, overrides: list[str], split: str,
-                      candidate: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+                      candidate: Callable[[np.ndarray], np.ndarray],
+                      fp32_labels: list[np.ndarray] | None = None) -> dict[str, Any]:
     """``candidate`` (image -> labels) against fp32 PyTorch prediction on every image of ``split``: argmax
-    agreement, both mIoUs, and whether the candidate passes the default-path rule."""
+    agreement, both mIoUs, and whether the candidate passes the default-path rule. ``fp32_labels``, when
+    given, caches the fp32 label maps: filled by the first check, reused by the next."""
     from seglab.data import build_dataset, dataset_info
     from seglab.inference.predictor import Segmenter
     from seglab.metrics import SegmentationMetrics
@@ -117,12 +119,18 @@ def _compare_on_split(weights: str | Path, overrides: list[str], split: str,
     cfg = apply_overrides(checkpoint_config(read_checkpoint(weights)), overrides)
     data = build_dataset(dataclasses.replace(cfg.data, image_size=None), split, train=False)
     info = dataset_info(cfg.data)
-    paths = {"fp32": Segmenter.from_checkpoint(weights, device="cpu", amp="none").predict, "candidate": candidate}
+    cache = fp32_labels if fp32_labels is not None else []
+    reference = None if len(cache) == len(data) else Segmenter.from_checkpoint(weights, device="cpu", amp="none")
+    if reference is not None:
+        cache.clear()
+    paths = ("fp32", "candidate")
     metrics = {key: SegmentationMetrics(info.num_classes, info.ignore_index, compute_bf=False) for key in paths}
     same = total = 0
     for i in range(len(data)):
         image, target = data.load_image(i), torch.from_numpy(data.load_mask(i).astype(np.int64))
-        labels = {key: np.asarray(predict(image)) for key, predict in paths.items()}
+        if reference is not None:
+            cache.append(np.asarray(reference.predict(image)))
+        labels = {"fp32": cache[i], "candidate": np.asarray(candidate(image))}
         same += int((labels["fp32"] == labels["candidate"]).sum())
         total += labels["fp32"].size
         for key, predicted in labels.items():
@@ -134,7 +142,8 @@ def _compare_on_split(weights: str | Path, overrides: list[str], split: str,
                       "passes_default_rule": passes_default_rule(agreement, other - fp32)})
 
 
-def check_bf16(weights: str | Path, overrides: list[str], split: str) -> dict[str, Any]:
+def check_bf16(weights: str | Path, overrides: list[str], split: str,
+               fp32_labels: list[np.ndarray] | None = None) -> dict[str, Any]:
     """bf16 autocast against fp32 on every image of ``split``, through the prediction path users run
     (:class:`~seglab.inference.predictor.Segmenter`, fast path, labels at the image's size): argmax
     agreement, both mIoUs, and whether bf16 passes the default-path rule
@@ -142,7 +151,7 @@ def check_bf16(weights: str | Path, overrides: list[str], split: str) -> dict[st
     from seglab.inference.predictor import Segmenter
 
     bf16 = Segmenter.from_checkpoint(weights, device="cpu", amp="bf16")
-    return _compare_on_split(weights, overrides, split, bf16.predict)
+    return _compare_on_split(weights, overrides, split, bf16.predict, fp32_labels)
 
 
 def openvino_int8_missing() -> str | None:
@@ -155,7 +164,8 @@ def openvino_int8_missing() -> str | None:
 
 
 def check_openvino_int8(weights: str | Path, overrides: list[str], split: str, out_xml: str | Path,
-                        calibration: int = INT8_CALIBRATION_IMAGES) -> dict[str, Any]:
+                        calibration: int = INT8_CALIBRATION_IMAGES,
+                        fp32_labels: list[np.ndarray] | None = None) -> dict[str, Any]:
     """Quantize ``weights`` to an int8 OpenVINO IR at ``out_xml`` (NNCF, calibrated on ``calibration``
     training frames spread over the split) and compare it with fp32 PyTorch on every image of ``split``,
     as :func:`check_bf16` does for bf16."""
@@ -170,7 +180,7 @@ def check_openvino_int8(weights: str | Path, overrides: list[str], split: str, o
     quantize_openvino(onnx_file, out_xml, images, verbose=False)
     onnx_file.unlink()
     int8 = OpenVinoSegmenter(out_xml, precision="auto")  # an int8 model's float remainder runs f32
-    check = _compare_on_split(weights, overrides, split, int8.predict)
+    check = _compare_on_split(weights, overrides, split, int8.predict, fp32_labels)
     return {**check, "runtime": "openvino", "quantizer": "nncf", "calibration_images": len(images),
             "calibration_split": "training split, spread frames"}
 
@@ -239,7 +249,8 @@ def pack_weights(checkpoint: str | Path, name: str, *, out_dir: str | Path | Non
                               "in the package: publish the file and pass its --url (the entry then downloads it).")
         if ckpt.meta.task == "semantic":  # bf16 runs by default only for weights that pass this check
             print(f"seglab: checking bf16 against fp32 on {split} ...", flush=True)
-            check = check_bf16(trial, overrides, split)
+            fp32_labels: list[np.ndarray] = []  # the fp32 reference, predicted once for both checks
+            check = check_bf16(trial, overrides, split, fp32_labels)
             metadata["precision_checks"] = {"bf16": check}
             metadata["checkpoint"]["verified_precisions"] = ["bf16"] if check["passes_default_rule"] else []
             missing = ("not asked for (--no-int8)" if not int8 else "downloaded weights ship no int8 model" if url
@@ -251,7 +262,8 @@ def pack_weights(checkpoint: str | Path, name: str, *, out_dir: str | Path | Non
             else:
                 print(f"seglab: quantizing to int8 (OpenVINO, NNCF) and checking it against fp32 on {split} ...",
                       flush=True)
-                check = check_openvino_int8(trial, overrides, split, Path(tmp) / "int8.xml")
+                check = check_openvino_int8(trial, overrides, split, Path(tmp) / "int8.xml",
+                                            fp32_labels=fp32_labels)
                 metadata["precision_checks"]["int8_openvino"] = check
                 if check["passes_default_rule"]:
                     metadata["checkpoint"]["verified_precisions"].append("int8_openvino")

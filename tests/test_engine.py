@@ -33,26 +33,68 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-def test_resume_is_exact(tmp_path):
-    """N steps in one go == k steps, interrupt, resume, N-k steps (bit for bit on CPU)."""
-    full = train(tiny_config(tmp_path / "a"))
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["plain", "weight_average"])
+def test_resume_is_exact(tmp_path, ema_decay):
+    """N steps in one go == k steps, interrupt, resume, N-k steps (bit for bit on CPU), with or
+    without a weight average (then both the average and the trained weights must resume)."""
+    full = train(tiny_config(tmp_path / "a", ema_decay=ema_decay))
     assert not full.interrupted and len(full.history) == 2
 
     def stop_at_6(trainer):
         if trainer.global_step == 6:  # in the middle of epoch 2 (4 steps per epoch)
             trainer.stop_requested = "test"
 
-    part = train(tiny_config(tmp_path / "b"), callbacks={"on_step_end": stop_at_6})
+    part = train(tiny_config(tmp_path / "b", ema_decay=ema_decay), callbacks={"on_step_end": stop_at_6})
     assert part.interrupted
     ckpt = load_checkpoint(part.last_checkpoint)
     assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (1, 2, 6)
+    assert ("raw_model" in ckpt) == (ema_decay > 0)
 
-    resumed = train(tiny_config(tmp_path / "b", resume=str(part.last_checkpoint)))
-    a, b = _weights(full.last_checkpoint), _weights(resumed.last_checkpoint)
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{k} differs after resume")
-    assert load_checkpoint(resumed.last_checkpoint)["global_step"] == 8
+    resumed = train(tiny_config(tmp_path / "b", resume=str(part.last_checkpoint), ema_decay=ema_decay))
+    a, b = load_checkpoint(full.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
+    for key in ("model", "raw_model") if ema_decay else ("model",):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            torch.testing.assert_close(a[key][k], b[key][k], rtol=0, atol=1e-6, msg=f"{key}.{k} differs after resume")
+    assert b["global_step"] == 8
+    if ema_decay:
+        assert b["ema_updates"] == 8
+        assert not torch.equal(*(next(w[k] for k in w if k.endswith("weight")) for w in (b["model"], b["raw_model"])))
+
+
+def test_weight_average_follows_its_decay_and_is_what_gets_validated(tmp_path):
+    """The EMA's arithmetic (warm-up ramp, BN statistics averaged, counters copied), and the
+    trainer validating and saving the average rather than the trained weights."""
+    from torch import nn
+    from seglab.engine.averaging import WeightAverage, ema_decay_at
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    average = WeightAverage(model, decay=0.5)
+    average.update(model)  # the first update copies
+    start = {k: v.clone() for k, v in average.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.fill_(2.0)
+        model[1].num_batches_tracked.fill_(7)
+    average.update(model)
+    keep = ema_decay_at(0.5, 1)
+    assert keep == pytest.approx(2 / 11)  # ramped: well below 0.5 while the average is young
+    got = average.state_dict()
+    torch.testing.assert_close(got["0.weight"], keep * start["0.weight"] + (1 - keep) * model[0].weight)
+    torch.testing.assert_close(got["1.running_mean"], keep * start["1.running_mean"] + (1 - keep) * 2.0)
+    assert int(got["1.num_batches_tracked"]) == 7 and average.updates == 2
+    assert ema_decay_at(0.998, 10_000) == 0.998
+
+    seen = []
+    result = train(tiny_config(tmp_path, ema_decay=0.95),
+                   callbacks={"on_step_end": lambda t: seen.append(t.eval_model is t.average.module)})
+    assert all(seen) and len(seen) == 8
+    ckpt = load_checkpoint(result.last_checkpoint)
+    assert ckpt["config"]["train"]["ema_decay"] == 0.95
+    best = load_checkpoint(result.best_checkpoint)["model"]
+    assert set(best) == set(ckpt["raw_model"])  # best.pt holds the average's weights only
+    with pytest.raises(SeglabError, match=r"train.ema_decay must be in \[0, 1\)"):
+        train(tiny_config(tmp_path / "bad", ema_decay=1.0))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -148,6 +148,9 @@ class TrainConfig:
     poly_power: float = 0.9
     min_lr_ratio: float = 0.0
     grad_clip: float | None = None
+    # Exponential moving average of the weights (BN statistics too), e.g. 0.998; 0 turns it off.
+    # When on, validation, best.pt and last.pt's weights are the average (seglab.engine.averaging).
+    ema_decay: float = 0.0
     seed: int = 0
     val_every: int = 1
     val_bf: bool = True  # compute boundary F1 during validation (slower)
@@ -357,6 +360,9 @@ def check_training_config(cfg: Config) -> None:
     for key, value in (("batch_size", t.batch_size), ("epochs", t.epochs)):
         if value < 1:
             raise SeglabError(f"train.{key} must be at least 1, got {value}.")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise SeglabError(f"train.ema_decay must be in [0, 1) (0 turns the weight average off), got {t.ema_decay}: "
+                          "e.g. --train.ema_decay 0.998.")
     if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
         raise SeglabError(f"train.max_steps_per_epoch must be at least 1 (or null for whole epochs), got {t.max_steps_per_epoch}.")
     if d.crop_size is None and list(d.scale_range) != [1.0, 1.0] and t.batch_size > 1:

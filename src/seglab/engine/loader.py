@@ -16,6 +16,7 @@ whole global batches, so a run may resume on any number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seglab.core.errors import SeglabError
 
-__all__ = ["LoaderError", "SeededSampler", "build_train_loader", "build_eval_loader", "close_loader"]
+__all__ = ["LoaderError", "SeededSampler", "build_train_loader", "build_eval_loader", "close_loader",
+           "closing_loaders"]
 
 
 class LoaderError(SeglabError):
@@ -166,3 +168,13 @@ def close_loader(loader: DataLoader | None) -> None:
         iterator._shutdown_workers()
     if loader is not None:
         loader._iterator = None
+
+
+@contextlib.contextmanager
+def closing_loaders(*loaders: Any):
+    """Stop the loaders' worker processes however training ends (they would outlive an error)."""
+    try:
+        yield
+    finally:
+        for loader in loaders:
+            close_loader(loader)

@@ -11,7 +11,7 @@ from typing import Any
 
 from seglab.core.atomic import atomic_write_text
 
-__all__ = ["MetricsLogger", "json_safe", "dumps"]
+__all__ = ["MetricsLogger", "json_safe", "dumps", "epoch_line"]
 
 
 def json_safe(obj: Any) -> Any:
@@ -89,3 +89,18 @@ class MetricsLogger:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    """The line printed after each epoch: loss, learning rate, speed and the val summary."""
+    line = (f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  "
+            f"{record['train_images_per_s']:.1f} img/s")
+    if "val_miou" in record:
+        line += (f"  | val G {100 * record['val_global_acc']:.1f}  C {100 * record['val_class_acc']:.1f}  "
+                 f"mIoU {100 * record['val_miou']:.1f}")
+        if record.get("val_bf") is not None and record["val_bf"] == record["val_bf"]:
+            line += f"  BF {100 * record['val_bf']:.1f}"
+    if "val_mask_ap" in record:
+        line += "  | val " + "  ".join(f"{k[4:]} {100 * record[k]:.1f}" for k in
+                                       ("val_mask_ap", "val_mask_ap50", "val_mask_ap75", "val_box_ap", "val_mask_iou"))
+    return line

@@ -11,7 +11,6 @@ DistributedDataParallel (:mod:`seglab.engine.distributed`); rank 0 alone prints 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -32,12 +31,13 @@ from seglab.core.runtime import (
 )
 from seglab.core.version import __version__
 from seglab.data import build_dataset, compute_class_weights, dataset_info
+from seglab.engine.averaging import WeightAverage
 from seglab.engine.distributed import SINGLE_PROCESS, DistContext, combine_meters, distributed_session
 from seglab.engine.distributed import prepare_model, shard_range, split_batch_size, threads_per_process
 from seglab.engine.evaluate import evaluate_model
-from seglab.engine.loader import build_eval_loader, build_train_loader, close_loader
+from seglab.engine.loader import build_eval_loader, build_train_loader, closing_loaders
 from seglab.engine.signals import StopOnSignal
-from seglab.engine.logging import MetricsLogger, dumps
+from seglab.engine.logging import MetricsLogger, dumps, epoch_line
 from seglab.engine.optim import build_optimizer, build_scheduler
 from seglab.metrics import format_metrics_table
 from seglab.tasks import build_task
@@ -111,6 +111,8 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step, self.epoch_loss_sum = 0, 0, 0, 0.0
         self.best_score = -math.inf
         self.best_metrics: dict[str, Any] | None = None
+        # The weight average starts from the weights training starts from (fresh, init_from or resumed).
+        self.average = WeightAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
         if t.resume:
             self._resume(t.resume)
         elif t.init_from:
@@ -173,6 +175,13 @@ class Trainer:
         ckpt = read_checkpoint(path, map_location=self.device)
         check_compatible(ckpt, self.cfg.model.name, self.info.num_classes, path, task=self.cfg.task)
         self.model.load_state_dict(ckpt.model)
+        if self.average is not None:
+            self.average.load_state_dict(ckpt.model, updates=0)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What is validated, checkpointed and shipped: the weight average when there is one."""
+        return self.average.module if self.average is not None else self.model
 
     def _resume(self, path: str) -> None:
         ckpt = read_checkpoint(path, map_location=self.device)
@@ -181,7 +190,10 @@ class Trainer:
         if state is None or not state.resumable:
             raise SeglabError(f"Checkpoint {path!r} holds weights only (no optimizer state), so it cannot resume a run. "
                               "Resume from the run's last.pt.")
-        self.model.load_state_dict(ckpt.model)
+        # A run with a weight average stored the trained weights apart (its checkpoint weights are the average).
+        self.model.load_state_dict(state.raw_model if state.raw_model is not None else ckpt.model)
+        if self.average is not None:
+            self.average.load_state_dict(ckpt.model, updates=state.ema_updates or 0)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         self.scaler.load_state_dict(state.scaler)
@@ -203,7 +215,10 @@ class Trainer:
             training = dataclasses.replace(training, optimizer=self.optimizer.state_dict(),
                                            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                                            rng=rng_state())
-        weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            if self.average is not None:
+                training = dataclasses.replace(training, raw_model=_cpu_weights(self.model),
+                                               ema_updates=self.average.updates)
+        weights = _cpu_weights(self.eval_model)
         return Checkpoint(meta, weights, training)
 
     def save(self, name: str, full: bool = True) -> Path:
@@ -231,7 +246,7 @@ class Trainer:
         self.say(f"seglab: training {self.cfg.model.name} on {self.cfg.data.dataset} ({len(self.train_set)} images, "
                  f"{self.info.num_classes} classes) on {self.device}{job}, precision {self.amp_dtype or 'fp32'}; "
                  f"run folder {self.run_dir}")
-        with StopOnSignal(self), _closing(self.train_loader, self.val_loader):
+        with StopOnSignal(self), closing_loaders(self.train_loader, self.val_loader):
             while self.epoch < t.epochs and not self.stopping:
                 record = self._train_epoch()
                 if self._agree_to_stop():
@@ -245,7 +260,7 @@ class Trainer:
                 self.save("last.pt")
                 if self.logger is not None:  # after the checkpoint: a crash between the two never logs twice
                     self.logger.log(record)
-                self.say(_epoch_line(record, t.epochs))
+                self.say(epoch_line(record, t.epochs))
         if self.stopping:
             path = self.save("last.pt")
             self.say(f"\nseglab: stopped by {self.stop_requested} at epoch {self.epoch} step {self.step_in_epoch}; "
@@ -339,6 +354,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update(self.model)
         self.step_in_epoch += 1
         self.global_step += 1
         return value
@@ -347,7 +364,7 @@ class Trainer:
         t = self.cfg.train
         start = time.perf_counter()
         # The plain module: DDP's forward would sync buffers, and the ranks' shards may differ in length.
-        results = evaluate_model(self.model, self.val_loader, self.task, self.device, self.amp_dtype,
+        results = evaluate_model(self.eval_model, self.val_loader, self.task, self.device, self.amp_dtype,
                                  channels_last=t.channels_last, combine=lambda m: combine_meters(m, self.dist))
         summary = {f"val_{k}": results[k] for k in (*self.task.summary_keys, "iou") if k in results}
         summary["val_seconds"] = time.perf_counter() - start
@@ -370,25 +387,5 @@ class Trainer:
         print(format_metrics_table(self.best_metrics, list(self.info.class_names)))
 
 
-def _epoch_line(record: dict[str, Any], epochs: int) -> str:
-    line = (f"epoch {record['epoch']}/{epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  "
-            f"{record['train_images_per_s']:.1f} img/s")
-    if "val_miou" in record:
-        line += (f"  | val G {100 * record['val_global_acc']:.1f}  C {100 * record['val_class_acc']:.1f}  "
-                 f"mIoU {100 * record['val_miou']:.1f}")
-        if record.get("val_bf") is not None and record["val_bf"] == record["val_bf"]:
-            line += f"  BF {100 * record['val_bf']:.1f}"
-    if "val_mask_ap" in record:
-        line += "  | val " + "  ".join(f"{k[4:]} {100 * record[k]:.1f}" for k in
-                                       ("val_mask_ap", "val_mask_ap50", "val_mask_ap75", "val_box_ap", "val_mask_iou"))
-    return line
-
-
-@contextlib.contextmanager
-def _closing(*loaders: Any):
-    """Stop the loaders' worker processes however training ends (they would outlive an error)."""
-    try:
-        yield
-    finally:
-        for loader in loaders:
-            close_loader(loader)
+def _cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}

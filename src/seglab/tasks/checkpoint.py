@@ -81,6 +81,9 @@ class TrainingState:
     scaler: dict[str, Any] | None = None
     rng: dict[str, Any] | None = None
     epoch_loss_sum: float | None = None  # sum of the epoch's step losses so far (its logged mean spans a resume)
+    # With train.ema_decay the checkpoint's weights are the average; the trained ones resume from here.
+    raw_model: dict[str, Any] | None = None
+    ema_updates: int | None = None
 
     @property
     def resumable(self) -> bool:

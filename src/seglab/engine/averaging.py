@@ -1,0 +1,68 @@
+"""An exponential moving average (EMA) of the weights, kept beside the trained model.
+
+Averaging the late iterates lands in a flatter region of the loss than any single one, which
+tends to carry to unseen data (Polyak averaging; SWA/SWAD for domain shift). torchvision's
+reference scripts and timm offer the same option (``--model-ema``). The average is taken over
+parameters *and* buffers (BN running statistics), so the averaged model needs no BN recompute.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+__all__ = ["WeightAverage", "ema_decay_at"]
+
+
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The decay used at the ``updates``-th update: ramped up early so the first random weights
+    do not linger in the average (timm's warm-up rule), ``decay`` once past about 10/(1-decay) steps."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+class WeightAverage:
+    """EMA of ``model``'s floating-point parameters and buffers, updated after every optimiser step.
+
+    ``module`` is the averaged copy: validate, checkpoint and ship it. The trained ``model`` keeps
+    its own weights; a resume needs both (the trainer stores the raw ones in the training state).
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in (0, 1), e.g. 0.998; got {decay}.")
+        self.decay = decay
+
+        def average(ema: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+            weight = 1.0 - ema_decay_at(decay, int(updates))
+            floats = [(e, c) for e, c in zip(ema, current) if e.is_floating_point()]
+            if floats:
+                torch._foreach_lerp_([e for e, _ in floats], [c for _, c in floats], weight)
+            for e, c in zip(ema, current):  # counters (BN's num_batches_tracked) follow the model
+                if not e.is_floating_point():
+                    e.copy_(c)
+
+        self._averaged = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
+        self._averaged.requires_grad_(False)
+
+    @property
+    def module(self) -> nn.Module:
+        return self._averaged.module
+
+    @property
+    def updates(self) -> int:
+        return int(self._averaged.n_averaged)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self._averaged.update_parameters(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, weights: dict[str, torch.Tensor], updates: int) -> None:
+        """Restore the average and how many updates it holds (a resume continues its decay ramp)."""
+        self.module.load_state_dict(weights)
+        self._averaged.n_averaged.fill_(updates)

@@ -110,3 +110,19 @@ def test_write_json_is_atomic(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None
         write_json(target, {"a": 2})
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+@pytest.mark.parametrize("named, expected", [
+    (["train_bf16", "train_bf16_cl"], [("train", "train_bf16"), ("train", "train_bf16_cl")]),
+    (["eager", "train_cl"], [("inference", "eager"), ("train", "train_cl")]),
+])
+def test_cli_routes_training_path_names_to_training_steps(monkeypatch, capsys, named, expected) -> None:
+    """`seglab benchmark --paths train_...` times training steps; inference paths only when named."""
+    from seglab.apps.cli import main
+
+    cases = []
+    monkeypatch.setattr(benchmark, "_child", lambda case, env=None: cases.append(case) or _fake_child(case, env))
+    assert main(["benchmark", "--models", "segnet_basic", "--sizes", "32", "48", "--repeats", "1", "--warmup", "0",
+                 "--paths", *named]) == 0
+    assert [(c["mode"], c["path"]) for c in cases if c["mode"] != "peak"] == expected
+    assert expected[-1][1] in capsys.readouterr().out

@@ -28,8 +28,9 @@ variants ``fast_fp32``, ``fast_nchw``,
 :mod:`seglab.inference.onnx_backend` and onnxruntime are available, and ``openvino`` (f32),
 ``openvino_bf16`` and ``openvino_int8`` (NNCF int8; :mod:`seglab.inference.openvino_backend`) on the
 same exported file when OpenVINO (and NNCF) are installed. Training paths (``train_mode=True``):
-``train_eager`` (plain fp32 NCHW SGD step), ``train_engine`` (the trainer's default precision
-and memory format for this device) and ``train_engine_mallopt`` (that plus malloc tuning).
+``train_eager`` (plain fp32 NCHW SGD step), ``train_cl`` (fp32 channels-last), ``train_bf16`` and
+``train_bf16_cl`` (bf16 autocast, NCHW / channels-last), ``train_engine`` (the trainer's default
+precision and memory format for this device) and ``train_engine_mallopt`` (that plus malloc tuning).
 
 Example:
     >>> rows = run_benchmark(["segnet_basic"], sizes=[(64, 80)], batch_sizes=[1], repeats=1)
@@ -63,7 +64,8 @@ DEFAULT_MODELS: tuple[str, ...] = ("segnet", "segnet_basic", *PEER_MODELS)
 INFERENCE_PATHS: tuple[str, ...] = ("eager", "fast", "fast_fp32", "fast_nchw", "fast_cl", "fast_bf16", "fast_compile",
                                     "fast_nomallopt", "onnxruntime", "quantized", "openvino", "openvino_bf16",
                                     "openvino_int8")
-TRAIN_PATHS: tuple[str, ...] = ("train_eager", "train_engine", "train_engine_mallopt")
+TRAIN_PATHS: tuple[str, ...] = ("train_eager", "train_cl", "train_bf16", "train_bf16_cl", "train_engine",
+                                 "train_engine_mallopt")
 _INDEX_KEYS: tuple[str, ...] = ("pool_index_format", "pool_index_int64_mb", "pool_index_uint8_mb",
                                 "pool_index_packed_mb")
 ROW_KEYS: tuple[str, ...] = ("model", "mode", "path", "height", "width", "batch", "threads", "device", "status",

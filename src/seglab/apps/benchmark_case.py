@@ -250,10 +250,12 @@ def _train_fn(case: dict[str, Any], model: nn.Module, x: torch.Tensor) -> Callab
     from seglab.core.runtime import autocast, resolve_amp
 
     device, path = x.device, case["path"]
-    amp_dtype, channels_last = None, False
+    amp_dtype = torch.bfloat16 if path.startswith("train_bf16") else None
+    channels_last = path.endswith("_cl")
     if path.startswith("train_engine"):
         defaults = TrainConfig()
-        amp_dtype, channels_last = resolve_amp(defaults.amp, device), defaults.channels_last
+        amp_dtype = resolve_amp(defaults.amp, device)
+        channels_last = defaults.channels_last
         if path == "train_engine_mallopt":
             from seglab.inference.fastpath import tune_malloc
 

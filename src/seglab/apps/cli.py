@@ -97,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--models", nargs="*", help="registered model names (default: the standard set)")
     b.add_argument("--sizes", type=int, nargs="+", default=[360, 480], metavar="H W", help="pairs of H W")
     b.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
-    b.add_argument("--paths", nargs="*", help="execution paths, e.g. eager fast onnxruntime quantized")
+    b.add_argument("--paths", nargs="*", help="execution paths, e.g. eager fast onnxruntime quantized, or "
+                   "training paths train_eager train_cl train_bf16 train_bf16_cl train_engine")
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--threads", type=int)
@@ -249,8 +250,13 @@ def _cmd_benchmark(args: argparse.Namespace, extra: list[str]) -> int:
     if len(args.sizes) % 2:
         raise SeglabError("--sizes takes pairs of H W, e.g. --sizes 360 480 180 240.")
     sizes = [tuple(args.sizes[i:i + 2]) for i in range(0, len(args.sizes), 2)]
-    rows = run_benchmark(args.models or None, sizes, args.batch_sizes, args.paths or None, args.warmup, args.repeats,
-                         args.threads, train_mode=args.train, json_out=args.json)
+    # train_* names are training paths (TRAIN_PATHS): naming only those times training steps alone.
+    named = args.paths or []
+    train_paths = [p for p in named if p.startswith("train_")] or ["train_eager", "train_engine"]
+    paths = [p for p in named if not p.startswith("train_")] or (None if len(named) == 0 else [])
+    rows = run_benchmark(args.models or None, sizes, args.batch_sizes, paths, args.warmup, args.repeats, args.threads,
+                         train_mode=args.train or len(named) > len(paths or []), json_out=args.json,
+                         train_paths=train_paths)
     print(format_table(rows))
     return 0
 

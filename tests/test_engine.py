@@ -78,12 +78,13 @@ def test_weight_average_follows_its_decay_and_is_what_gets_validated(tmp_path):
         model[1].num_batches_tracked.fill_(7)
     average.update(model)
     keep = ema_decay_at(0.5, 1)
-    assert keep == pytest.approx(2 / 11)  # ramped: well below 0.5 while the average is young
+    assert keep == pytest.approx(1 / 3)  # bias-corrected: (0.5 * 0.5 * w1 + 0.5 * w2) / (1 - 0.5**2)
+    assert ema_decay_at(0.9, 0) == 0.0  # the first weights are copied
     got = average.state_dict()
     torch.testing.assert_close(got["0.weight"], keep * start["0.weight"] + (1 - keep) * model[0].weight)
     torch.testing.assert_close(got["1.running_mean"], keep * start["1.running_mean"] + (1 - keep) * 2.0)
     assert int(got["1.num_batches_tracked"]) == 7 and average.updates == 2
-    assert ema_decay_at(0.998, 10_000) == 0.998
+    assert ema_decay_at(0.998, 10_000) == pytest.approx(0.998)
 
     seen = []
     result = train(tiny_config(tmp_path, ema_decay=0.95),

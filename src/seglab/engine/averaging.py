@@ -18,9 +18,15 @@ __all__ = ["WeightAverage", "ema_decay_at"]
 
 
 def ema_decay_at(decay: float, updates: int) -> float:
-    """The decay used at the ``updates``-th update: ramped up early so the first random weights
-    do not linger in the average (timm's warm-up rule), ``decay`` once past about 10/(1-decay) steps."""
-    return min(decay, (1.0 + updates) / (10.0 + updates))
+    """How much of the average is kept when the next weights come in, ``updates`` already averaged.
+
+    Bias-corrected like Adam's moments: the average is what an EMA started at zero would be, divided
+    by ``1 - decay**n``. Every past step then weighs ``decay**age`` and the random initial weights
+    fade like any other step, while the window stays ``1 / (1 - decay)`` steps long. (The
+    ``(1 + n) / (10 + n)`` ramp of TensorFlow and timm would cap the window at about a ninth of the
+    steps taken, e.g. 150 of a 1400-step run, whatever ``decay`` says.)
+    """
+    return 1.0 - (1.0 - decay) / (1.0 - decay ** (updates + 1))
 
 
 class WeightAverage:

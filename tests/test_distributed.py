@@ -92,13 +92,18 @@ def _assert_same_weights(a_path: Path, b_path: Path) -> None:
         torch.testing.assert_close(b[k], a[k], rtol=RTOL, atol=RTOL * scale, msg=f"{k} differs")
 
 
-def test_two_processes_train_like_one(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--train.ema_decay", "0.9"]], ids=["plain", "weight_average"])
+def test_two_processes_train_like_one(tmp_path, extra):
     recipe = _recipe(tmp_path)
-    one = train(load_config(recipe, ["--train.run_name", "one"]))
-    job = torchrun(recipe, "--train.run_name", "two")
+    one = train(load_config(recipe, ["--train.run_name", "one", *extra]))
+    job = torchrun(recipe, "--train.run_name", "two", *extra)
     assert job.returncode == 0, job.stdout + job.stderr
     two = tmp_path / "runs" / "two"
     _assert_same_weights(one.last_checkpoint, two / "last.pt")
+    if extra:  # the average (validated, saved) and the trained weights both match one process
+        raw_one, raw_two = load_checkpoint(one.last_checkpoint)["raw_model"], load_checkpoint(two / "last.pt")["raw_model"]
+        for k in raw_one:
+            torch.testing.assert_close(raw_two[k], raw_one[k], rtol=RTOL, atol=RTOL * float(raw_one[k].abs().max()))
     best_one, best_two = load_checkpoint(one.best_checkpoint), load_checkpoint(two / "best.pt")
     for key in ("confusion", "num_images", "num_pixels", "miou", "global_acc", "class_acc", "bf", "epoch"):
         assert best_two["best_metrics"][key] == best_one["best_metrics"][key], key  # identical, not close

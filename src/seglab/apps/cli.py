@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--threads", type=int)
-    b.add_argument("--train", action="store_true", help="time the training step instead of inference")
+    b.add_argument("--train", action="store_true", help="also time training steps (train_eager, train_engine)")
     b.add_argument("--json", help="write the rows as JSON")
 
     m = add("models", "List registered models with parameter counts and GFLOPs.",

@@ -252,11 +252,11 @@ def _cmd_benchmark(args: argparse.Namespace, extra: list[str]) -> int:
     sizes = [tuple(args.sizes[i:i + 2]) for i in range(0, len(args.sizes), 2)]
     # train_* names are training paths (TRAIN_PATHS): naming only those times training steps alone.
     named = args.paths or []
-    train_paths = [p for p in named if p.startswith("train_")] or ["train_eager", "train_engine"]
-    paths = [p for p in named if not p.startswith("train_")] or (None if len(named) == 0 else [])
+    train_named = [p for p in named if p.startswith("train_")]
+    paths = [p for p in named if not p.startswith("train_")] if named else None
     rows = run_benchmark(args.models or None, sizes, args.batch_sizes, paths, args.warmup, args.repeats, args.threads,
-                         train_mode=args.train or len(named) > len(paths or []), json_out=args.json,
-                         train_paths=train_paths)
+                         train_mode=args.train or bool(train_named), json_out=args.json,
+                         train_paths=train_named or ["train_eager", "train_engine"])
     print(format_table(rows))
     return 0
 

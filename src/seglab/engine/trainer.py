@@ -174,9 +174,7 @@ class Trainer:
     def _init_from(self, path: str) -> None:
         ckpt = read_checkpoint(path, map_location=self.device)
         check_compatible(ckpt, self.cfg.model.name, self.info.num_classes, path, task=self.cfg.task)
-        self.model.load_state_dict(ckpt.model)
-        if self.average is not None:
-            self.average.load_state_dict(ckpt.model, updates=0)
+        self.model.load_state_dict(ckpt.model)  # a fresh weight average copies these at its first update
 
     @property
     def eval_model(self) -> torch.nn.Module:

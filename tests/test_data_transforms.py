@@ -91,6 +91,19 @@ def test_colour_jitter_changes_image_only():
     assert not torch.allclose(img, plain)
 
 
+def test_hue_jitter_turns_colours_and_leaves_greys_and_labels():
+    image, labels = _labelled_scene()
+    grey = np.repeat(image[..., :1], 3, axis=2)
+    tf = build_transforms(_cfg(hue_jitter=0.5, hflip=False), train=True, ignore_index=255)
+    plain = build_transforms(_cfg(), train=False)
+    torch.manual_seed(0)
+    img, mask = tf(image, labels)
+    assert torch.equal(mask, torch.from_numpy(labels).long())
+    assert not torch.allclose(img, plain(image, labels)[0], atol=0.1)  # colours moved
+    torch.manual_seed(0)
+    assert torch.allclose(tf(grey, labels)[0], plain(grey, labels)[0], atol=1e-5)  # a grey has no hue
+
+
 def test_eval_transform_normalises_only():
     image, labels = _labelled_scene()
     tf = build_transforms(_cfg(crop_size=[8, 8], scale_range=[0.5, 2.0], color_jitter=0.4), train=False)
@@ -119,6 +132,8 @@ def test_bad_transform_settings():
         build_transforms(_cfg(crop_size=[0, 4]), train=True)
     with pytest.raises(SeglabError, match="std"):
         build_transforms(_cfg(std=[0.2, 0.2]), train=True)
+    with pytest.raises(SeglabError, match=r"hue_jitter .*\[0, 0.5\]"):
+        build_transforms(_cfg(hue_jitter=0.7), train=True)
 
 
 def test_mask_resampled_at_pixel_centres_like_the_image():

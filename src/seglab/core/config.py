@@ -96,7 +96,8 @@ class DataConfig:
     # Vertical flips and random quarter turns: for data without an "up" (EM slices), not road scenes.
     vflip: bool = False
     rotate90: bool = False
-    color_jitter: float = 0.0
+    color_jitter: float = 0.0  # brightness, contrast and saturation factors in [1 - s, 1 + s]
+    hue_jitter: float = 0.0  # hue shift in [-h, h] of a full turn (0 <= h <= 0.5), with the colour jitter
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     num_workers: int = 2

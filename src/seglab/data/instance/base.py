@@ -72,7 +72,7 @@ def build_instance_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
 
     Training: random resize of the shorter side by ``scale_range``, ``crop_size`` random crops (padded
     when the image is smaller), flips (``hflip``, ``vflip``), quarter turns (``rotate90``) and
-    ``color_jitter``; ``image_size`` resizes first in both modes.
+    ``color_jitter`` with ``hue_jitter``; ``image_size`` resizes first in both modes.
     """
     steps: list[Any] = []
     if cfg.image_size is not None:
@@ -89,9 +89,9 @@ def build_instance_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
             steps.append(v2.RandomVerticalFlip())
         if cfg.rotate90:
             steps.append(v2.RandomChoice([v2.RandomRotation((a, a), expand=True) for a in (0, 90, 180, 270)]))
-        if cfg.color_jitter:
+        if cfg.color_jitter or cfg.hue_jitter:
             j = float(cfg.color_jitter)
-            steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+            steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=float(cfg.hue_jitter)))
     steps.append(v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True))
     return v2.Compose(steps)
 

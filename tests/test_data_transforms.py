@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from seglab.core.config import DataConfig
-from seglab.data import build_transforms
+from seglab.data import build_transforms, inference_size
 from seglab.core.errors import SeglabError
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
@@ -173,3 +173,13 @@ def test_non_square_samples_turn_by_half_turns_only():
         torch.manual_seed(seed)
         img, mask = tf(image, labels)
         assert img.shape == (3, 24, 32) and torch.equal(_red_label(img), mask)
+
+
+def test_inference_size_scales_image_size():
+    assert inference_size(_cfg(image_size=[180, 240], infer_scale=4 / 3)) == [240, 320]
+    assert inference_size(_cfg(image_size=[180, 240])) == [180, 240]
+    assert inference_size(_cfg()) is None  # no image_size: the input's own size
+    with pytest.raises(SeglabError, match="infer_scale 2 scales data.image_size, which is not set"):
+        inference_size(_cfg(infer_scale=2.0))
+    with pytest.raises(SeglabError, match="infer_scale must be a positive number"):
+        inference_size(_cfg(image_size=[8, 8], infer_scale=0.0))

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from seglab.apps.cli import main
+from seglab.apps.evaluate import evaluate_checkpoint
 from seglab.apps.weights import pack_weights
 from seglab.core.config import load_config
 from seglab.core.errors import SeglabError
@@ -18,6 +19,7 @@ from seglab.engine.trainer import train
 from seglab.inference.predictor import Segmenter
 from seglab.models import zoo
 from seglab.models.registry import create_model
+from seglab.tasks import semantic
 from seglab.tasks.checkpoint import read_checkpoint
 
 
@@ -202,3 +204,30 @@ def test_models_with_dropout_keep_pytorch_as_their_default(tmp_path, weights_dir
     entry = pack_weights(train(cfg).best_checkpoint, "bayesian_segnet_basic.tiny", commit="abc123")
     assert entry.openvino_int8 is None and "int8_openvino" not in zoo.pretrained_metadata(entry.name)["precision_checks"]
     assert "no int8 OpenVINO model: the model has dropout" in capsys.readouterr().out
+
+
+def test_infer_scale_packs_a_model_that_runs_at_the_scaled_size(trained, weights_dir, tmp_path, monkeypatch):
+    with pytest.raises(SeglabError, match="infer_scale 1.5 scales data.image_size, which is not set"):
+        pack_weights(trained, "unet.tiny", commit="abc123", int8=False, infer_scale=1.5)
+    cfg = load_config(None, ["--model.name", "unet", "--model.kwargs", "{depth: 2, base_channels: 4}",
+                             "--data.synthetic_train", "8", "--data.synthetic_val", "4", "--data.synthetic_size",
+                             "[48, 64]", "--data.image_size", "[32, 48]", "--train.epochs", "1", "--train.batch_size",
+                             "4", "--train.threads", "1", "--train.amp", "none", "--train.out_dir", str(tmp_path),
+                             "--train.run_name", "run"])
+    checkpoint = train(cfg).best_checkpoint
+    assert read_checkpoint(checkpoint).meta.image_size == [32, 48]  # trained and validated at image_size
+    sizes: list[tuple[int, ...]] = []
+    real = semantic.forward_at_size
+    monkeypatch.setattr(semantic, "forward_at_size", lambda model, x, size: sizes.append(tuple(size)) or real(model, x, size))
+    scaled = evaluate_checkpoint(str(checkpoint), ["--train.amp", "none", "--data.infer_scale", "1.5"], "val")
+    assert set(sizes) == {(48, 72)}  # seglab evaluate --data.infer_scale 1.5 scores at 1.5 x image_size
+    pack_weights(checkpoint, "unet.scaled", commit="abc123", int8=False, infer_scale=1.5)
+    packed = read_checkpoint("unet.scaled")
+    assert packed.meta.image_size == [48, 72] and packed.meta.config["data"]["infer_scale"] == 1.5
+    assert Segmenter.from_pretrained("unet.scaled", device="cpu").infer_size == [48, 72]
+    _, meta = zoo.read_pretrained("unet.scaled")
+    assert meta["val_metrics_fp32"]["miou"] == pytest.approx(scaled["miou"], abs=1e-9)  # packed figures: the new size
+    assert meta["trained"]["input_size"] == [32, 48]  # while the record of training keeps its own size
+    sizes.clear()
+    evaluate_checkpoint("unet.scaled", ["--train.amp", "none"], "val")
+    assert set(sizes) == {(48, 72)}

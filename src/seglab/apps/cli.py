@@ -147,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="another split to score and record, e.g. train:0001TP (a sequence held out of training)")
     wp.add_argument("--no-int8", action="store_true",
                     help="skip the int8 OpenVINO model (made, checked and shipped when it passes, where OpenVINO is installed)")
+    wp.add_argument("--infer-scale", type=float, metavar="S", help="run the packed model at data.image_size x S "
+                    "(data.infer_scale), chosen on a held-out split with `seglab evaluate --data.infer_scale S`")
 
     from seglab.apps.serve.settings import add_serve_arguments  # argparse only: keeps --help fast
 
@@ -314,7 +316,7 @@ def _cmd_weights(args: argparse.Namespace, extra: list[str]) -> int:
     if args.weights_command == "pack":
         pack_weights(args.checkpoint, args.name, out_dir=args.out_dir, recipe=args.recipe, commit=args.commit,
                      url=args.url, overrides=extra, split=args.split, also_splits=args.also_split,
-                     int8=not args.no_int8)
+                     int8=not args.no_int8, infer_scale=args.infer_scale)
     else:
         _no_extra(extra)
         print(format_weights_table())

@@ -10,7 +10,7 @@ from torch import nn
 from seglab.core.config import apply_overrides
 from seglab.core.errors import SeglabError
 from seglab.core.runtime import resolve_amp, select_device
-from seglab.data import build_dataset, dataset_info
+from seglab.data import build_dataset, dataset_info, inference_size
 from seglab.engine.evaluate import evaluate_model
 from seglab.engine.loader import build_eval_loader
 from seglab.inference.exported import load_exported
@@ -62,6 +62,8 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None, split: st
         return _evaluate_instances(ckpt, path, cfg, info, split, batch_size, dev, onnx=onnx, tta=tta,
                                    mc_samples=mc_samples)
     infer_size = meta.image_size
+    if cfg.data.infer_scale != checkpoint_config(ckpt).data.infer_scale:  # --data.infer_scale S: score at another size
+        infer_size = inference_size(cfg.data)
     if onnx is not None:
         if mc_samples:
             raise SeglabError("--mc-samples needs the PyTorch model: an exported ONNX graph has no dropout sampling.")

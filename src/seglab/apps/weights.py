@@ -33,6 +33,7 @@ from seglab.apps.evaluate import evaluate_checkpoint
 from seglab.core.config import apply_overrides
 from seglab.core.errors import SeglabError
 from seglab.core.runtime import passes_default_rule
+from seglab.data import inference_size
 from seglab.engine.logging import json_safe
 from seglab.models import zoo
 from seglab.models.zoo import PretrainedEntry, list_pretrained, register_entry, write_weights_file
@@ -198,13 +199,15 @@ def _ship_openvino_int8(trial_xml: Path, folder: Path, name: str) -> dict[str, s
 def pack_weights(checkpoint: str | Path, name: str, *, out_dir: str | Path | None = None, recipe: str | None = None,
                  commit: str | None = None, url: str | None = None, overrides: list[str] | None = None,
                  split: str = "val", hardware: str | None = None,
-                 also_splits: list[str] | None = None, int8: bool = True) -> PretrainedEntry:
+                 also_splits: list[str] | None = None, int8: bool = True,
+                 infer_scale: float | None = None) -> PretrainedEntry:
     """Pack ``checkpoint`` as the trained weights ``name`` (``<model>.<tag>``) into ``out_dir``.
 
     ``also_splits`` (e.g. ``["train:0001TP"]``, a sequence held out of training) are scored with the
     packed fp16 weights too and recorded under ``other_metrics``, beside the ``split`` figures.
     ``int8`` (where OpenVINO and NNCF are installed) checks an int8 OpenVINO model of the packed weights
-    and ships it beside them when it passes the default-path rule.
+    and ships it beside them when it passes the default-path rule. ``infer_scale`` (``data.infer_scale``)
+    makes the packed model run at ``data.image_size`` times it, everywhere it runs.
     """
     ckpt = read_checkpoint(checkpoint)
     model, _, tag = name.rpartition(".")
@@ -231,6 +234,10 @@ def pack_weights(checkpoint: str | Path, name: str, *, out_dir: str | Path | Non
     # Scored in fp32 compute on every machine (the recipe's amp may be bf16 on CPUs that have it), so the
     # entry's figures compare fp32 weights with fp16 weights and nothing else.
     overrides = ["--train.amp", "none", *(overrides or [])]
+    if infer_scale is not None:  # the entry runs at the new size; every score below is taken at it
+        metadata["checkpoint"]["image_size"] = inference_size(dataclasses.replace(cfg.data, infer_scale=infer_scale))
+        metadata["checkpoint"]["config"].setdefault("data", {})["infer_scale"] = float(infer_scale)
+        overrides += ["--data.infer_scale", str(float(infer_scale))]
     print(f"seglab: scoring {checkpoint} (fp32) on {split} ...", flush=True)
     metadata["val_metrics_fp32"] = _summary(evaluate_checkpoint(str(checkpoint), overrides, split))
     target = folder / f"{name}.safetensors"

@@ -25,7 +25,7 @@ from seglab.data.isbi import ISBI_CLASSES, ISBI_PALETTE, ISBI2012Dataset
 from seglab.data.report import DatasetReport, Issue
 from seglab.data.sunrgbd import SUNRGBD_CLASSES, SUNRGBD_PALETTE, SUNRGBDDataset
 from seglab.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, SyntheticRoadScenes, render_scene
-from seglab.data.transforms import SegmentationTransform, build_transforms
+from seglab.data.transforms import SegmentationTransform, build_transforms, inference_size
 from seglab.data.weight_map import transform_with_weight_map, unet_weight_map
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "dataset_info",
     "build_dataset",
     "build_transforms",
+    "inference_size",
     "SegmentationTransform",
     "compute_class_weights",
     "WEIGHT_METHODS",

@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import functional as F
 from seglab.core.config import DataConfig
 from seglab.core.errors import SeglabError
 
-__all__ = ["SegmentationTransform", "build_transforms"]
+__all__ = ["SegmentationTransform", "build_transforms", "inference_size"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -197,3 +197,25 @@ def build_transforms(cfg: DataConfig, train: bool, ignore_index: int | None = No
         color_jitter=cfg.color_jitter,
         hue_jitter=cfg.hue_jitter,
     )
+
+
+def inference_size(cfg: DataConfig) -> list[int] | None:
+    """The ``[H, W]`` a model trained on ``cfg`` runs at in validation, evaluation and prediction.
+
+    That is ``image_size`` times ``infer_scale``; None (the input's own size) without ``image_size``.
+    Why a scale: random rescaling shows the model objects at ``scale_range`` times their
+    ``image_size`` size, so with a range centred above 1 (CamVid's ``[0.6, 1.75]``) inference at
+    ``image_size`` sits at the small end of what training saw. Choose it on a held-out split.
+
+    Raises:
+        SeglabError: ``infer_scale`` not positive, or set without ``image_size``.
+    """
+    scale = float(cfg.infer_scale)
+    if not 0 < scale < float("inf"):
+        raise SeglabError(f"--data.infer_scale must be a positive number, got {cfg.infer_scale}: e.g. 1.25.")
+    if cfg.image_size is None:
+        if scale != 1.0:
+            raise SeglabError(f"--data.infer_scale {scale:g} scales data.image_size, which is not set: "
+                              "add --data.image_size [H,W] or drop --data.infer_scale.")
+        return None
+    return [max(1, round(side * scale)) for side in cfg.image_size]

@@ -55,7 +55,7 @@ class CheckpointMeta:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     model_num_classes: int = 0  # output channels: 1 for binary sigmoid heads; 0 means num_classes
     ignore_index: int | None = None
-    image_size: list[int] | None = None  # the size the model was trained at (inference resizes to it)
+    image_size: list[int] | None = None  # what inference resizes to: data.image_size x data.infer_scale
     task: str = "semantic"
     seglab_version: str = "unknown"
     config: dict[str, Any] = field(default_factory=dict)

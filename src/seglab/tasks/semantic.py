@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from seglab.core.config import Config
 from seglab.core.errors import SeglabError
+from seglab.data.transforms import inference_size
 from seglab.losses import BINARY_LOSSES, build_loss, resolve_class_weights
 from seglab.metrics import SegmentationMetrics, em_metrics, logits_to_labels
 from seglab.metrics.uncertainty import CalibrationMeter, uncertainty_maps
@@ -112,7 +113,7 @@ class SemanticTask:
     """Per-pixel classification into ``num_classes`` classes (``ignore_index`` is void).
 
     Args:
-        infer_size: ``(h, w)`` the model runs at in evaluation (its training size); logits are
+        infer_size: ``(h, w)`` the model runs at in evaluation (``seglab.data.inference_size``); logits are
             resized back to the labels' size. None: the input size.
         criterion: The training loss (``None`` for evaluation only); see :meth:`from_config`.
         mc_samples: Monte-Carlo dropout samples per prediction (0: a plain forward pass).
@@ -151,7 +152,7 @@ class SemanticTask:
         criterion = build_loss(cfg.loss, info.num_classes, info.ignore_index,
                                weights.to(device) if weights is not None and device is not None else weights)
         return cls(info.num_classes, info.ignore_index, list(info.class_names), [list(c) for c in info.palette],
-                   infer_size=cfg.data.image_size, compute_bf=cfg.train.val_bf, bf_protocol=cfg.train.bf_protocol,
+                   infer_size=inference_size(cfg.data), compute_bf=cfg.train.val_bf, bf_protocol=cfg.train.bf_protocol,
                    em_foreground=em_foreground_class(cfg.data.dataset), criterion=criterion,
                    model_num_classes=1 if binary else info.num_classes, class_weights=weights)
 

@@ -90,7 +90,7 @@ class DataConfig:
     ignore_index: int | None = None  # None: the data set's own (CamVid 11, otherwise 255)
     # Geometry. ``image_size`` [H, W] resizes every image first (e.g. half-resolution CamVid).
     image_size: list[int] | None = None
-    infer_scale: float = 1.0  # validation and inference run at image_size x infer_scale (data.inference_size)
+    infer_scale: float = 1.0  # semantic validation and inference run at image_size x this (data.inference_size)
     crop_size: list[int] | None = None
     scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
     hflip: bool = True

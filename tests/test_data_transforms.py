@@ -134,6 +134,10 @@ def test_bad_transform_settings():
         build_transforms(_cfg(std=[0.2, 0.2]), train=True)
     with pytest.raises(SeglabError, match=r"hue_jitter .*\[0, 0.5\]"):
         build_transforms(_cfg(hue_jitter=0.7), train=True)
+    from seglab.data.instance.base import build_instance_transforms
+
+    with pytest.raises(SeglabError, match=r"hue_jitter .*\[0, 0.5\]"):  # instance data: the same message
+        build_instance_transforms(_cfg(hue_jitter=0.7), train=True)
 
 
 def test_mask_resampled_at_pixel_centres_like_the_image():

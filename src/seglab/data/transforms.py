@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import functional as F
 from seglab.core.config import DataConfig
 from seglab.core.errors import SeglabError
 
-__all__ = ["SegmentationTransform", "build_transforms", "inference_size"]
+__all__ = ["SegmentationTransform", "build_transforms", "check_colour_jitter", "inference_size"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -160,6 +160,15 @@ class SegmentationTransform:
         )
 
 
+def check_colour_jitter(cfg: DataConfig) -> None:
+    """Clear errors for ``color_jitter`` and ``hue_jitter`` (semantic and instance data alike)."""
+    if cfg.color_jitter < 0:
+        raise SeglabError(f"--data.color_jitter must be >= 0, got {cfg.color_jitter}.")
+    if not 0 <= cfg.hue_jitter <= 0.5:
+        raise SeglabError(f"--data.hue_jitter is a fraction of a full hue turn in [0, 0.5], got {cfg.hue_jitter}: "
+                          "e.g. --data.hue_jitter 0.05.")
+
+
 def build_transforms(cfg: DataConfig, train: bool, ignore_index: int | None = None) -> SegmentationTransform:
     """Transforms for ``cfg`` (see the module docstring for the steps).
 
@@ -177,11 +186,7 @@ def build_transforms(cfg: DataConfig, train: bool, ignore_index: int | None = No
         raise SeglabError(f"--data.crop_size must be [height, width] of positive integers, got {cfg.crop_size}.")
     if len(cfg.mean) != 3 or len(cfg.std) != 3 or min(cfg.std) <= 0:
         raise SeglabError(f"--data.mean and --data.std need 3 values (std > 0), got {cfg.mean} and {cfg.std}.")
-    if cfg.color_jitter < 0:
-        raise SeglabError(f"--data.color_jitter must be >= 0, got {cfg.color_jitter}.")
-    if not 0 <= cfg.hue_jitter <= 0.5:
-        raise SeglabError(f"--data.hue_jitter is a fraction of a full hue turn in [0, 0.5], got {cfg.hue_jitter}: "
-                          "e.g. --data.hue_jitter 0.05.")
+    check_colour_jitter(cfg)
     if ignore_index is None:
         ignore_index = cfg.ignore_index if cfg.ignore_index is not None else 255
     return SegmentationTransform(

@@ -27,6 +27,7 @@ from torchvision.transforms import v2
 
 from seglab.core.config import DataConfig
 from seglab.data.base import DatasetInfo
+from seglab.data.transforms import check_colour_jitter
 
 __all__ = ["InstanceDataset", "build_instance_transforms", "collate_instances", "make_target"]
 
@@ -89,6 +90,7 @@ def build_instance_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
             steps.append(v2.RandomVerticalFlip())
         if cfg.rotate90:
             steps.append(v2.RandomChoice([v2.RandomRotation((a, a), expand=True) for a in (0, 90, 180, 270)]))
+        check_colour_jitter(cfg)
         if cfg.color_jitter or cfg.hue_jitter:
             j = float(cfg.color_jitter)
             steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=float(cfg.hue_jitter)))
